@@ -1,0 +1,155 @@
+"""Alpaca records: loading a source, validating every record, seeded sampling, stable JSONL files.
+
+A record is {"instruction": str, "input": str, "output": str}. Hub ids go through `datasets`; local files
+are read here line by line so that a bad record is reported with its file and line number.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+FIELDS = ("instruction", "input", "output")
+LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
+
+
+class DataError(ValueError):
+    """A source that cannot be read, or a record that breaks the Alpaca schema."""
+
+
+def is_local_source(source: str) -> bool:
+    return source.endswith(LOCAL_SUFFIXES) or Path(source).exists()
+
+
+def load_records(source: str, *, split: str = "train") -> tuple[list[dict[str, Any]], list[str]]:
+    """Load every record of `source` and a location label for each (for error messages).
+
+    A path ending in .json/.jsonl/.parquet is read locally; anything else is a Hugging Face dataset id.
+    """
+    if is_local_source(source):
+        path = Path(source)
+        if not path.is_file():
+            raise DataError(f"data.source: local file {source} does not exist")
+        if path.suffix == ".jsonl":
+            return _read_jsonl_records(path)
+        if path.suffix == ".json":
+            return _read_json_records(path)
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            rows = pq.read_table(path).to_pylist()
+            return rows, [f"{path} row {i}" for i in range(len(rows))]
+        raise DataError(f"data.source: {source} must end in one of {', '.join(LOCAL_SUFFIXES)}")
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(source, split=split)
+    except Exception as error:  # the hub raises many types; all mean the same thing to the user
+        raise DataError(f"data.source: could not load Hugging Face dataset '{source}' (split '{split}'): "
+                        f"{error}. Offline? Use a local .json/.jsonl/.parquet file instead.") from error
+    rows = dataset.to_list()
+    return rows, [f"{source}[{split}] row {i}" for i in range(len(rows))]
+
+
+def _read_jsonl_records(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    rows, where = [], []
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
+            where.append(f"{path}:{line_number}")
+    return rows, where
+
+
+def _read_json_records(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            rows = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON at line {error.lineno} ({error.msg})") from None
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: expected a JSON list of records, got {type(rows).__name__}")
+    return rows, [f"{path} record {i}" for i in range(len(rows))]
+
+
+def validate_records(rows: list[Any], where: list[str]) -> list[dict[str, str]]:
+    """Check every record; return them reduced to the three Alpaca fields.
+
+    Raises on the first bad record, naming it, so that nothing is silently dropped.
+    """
+    if not rows:
+        raise DataError("data.source: the source has no records")
+    clean = []
+    for row, location in zip(rows, where):
+        if not isinstance(row, dict):
+            raise DataError(f"{location}: a record must be an object, got {type(row).__name__}")
+        for field in ("instruction", "output"):
+            value = row.get(field)
+            if not isinstance(value, str) or not value.strip():
+                raise DataError(f"{location}: field '{field}' must be a non-empty string, got {value!r}")
+        value = row.get("input", "")
+        if value is None or not isinstance(value, str):
+            raise DataError(f"{location}: field 'input' must be a string (may be empty), got {value!r}")
+        clean.append({"instruction": row["instruction"], "input": value, "output": row["output"]})
+    return clean
+
+
+def fingerprint(records: Iterable[dict[str, Any]]) -> str:
+    """sha256 over the canonical JSON of the records, in order: same content, same hash, any machine."""
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(canonical_json(record).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def sample_indices(total: int, *, fraction: float, eval_size: int, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded draw of a training sample of `fraction` x total, and `eval_size` held-out indices.
+
+    One permutation from numpy's PCG64 generator (stable across platforms and numpy versions): its first
+    round(fraction x total) indices are the training sample, the next `eval_size` the held-out set, so
+    the two never overlap and the training set is exactly the requested fraction.
+    """
+    if not 0 < fraction <= 1:
+        raise DataError(f"data.fraction must be in (0, 1], got {fraction}")
+    if eval_size < 1:
+        raise DataError(f"data.eval_size must be at least 1, got {eval_size}")
+    train_size = max(1, round(fraction * total))
+    if train_size + eval_size > total:
+        raise DataError(f"data.fraction={fraction} leaves {total - train_size} of {total} records outside the "
+                        f"sample, fewer than data.eval_size={eval_size}; lower one of them")
+    order = np.random.Generator(np.random.PCG64(seed)).permutation(total).tolist()
+    return order[:train_size], order[train_size:train_size + eval_size]
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Write rows as canonical JSON lines (sorted keys, "\\n" endings): byte-identical for equal rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with open(path, "w", encoding="utf-8", newline="\n") as handle:
+        for row in rows:
+            handle.write(canonical_json(row) + "\n")
+            count += 1
+    return count
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows, _ = _read_jsonl_records(Path(path))
+    return rows
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Stable, human-readable JSON (sorted keys, trailing newline) for stats, metrics and metadata."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, ensure_ascii=False, sort_keys=True, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,133 @@
+"""Model loading, one function per backend, for training and for evaluation.
+
+`unsloth`: FastLanguageModel (4-bit, Unsloth kernels, gradient checkpointing "unsloth").
+`hf`: transformers + bitsandbytes NF4 + peft. Both take the same params sections and return a PEFT model
+and its tokenizer, so the stages never branch on the backend beyond calling these functions.
+Unsloth patches transformers/TRL when imported, so callers import this module before TRL.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alpaca_qlora.offline import build_offline_model, is_offline
+
+
+def resolve_model_path(model_params: dict[str, Any]) -> str:
+    """A hub id or local directory as given; an offline:<preset> name built (once) into a local folder."""
+    name = model_params["name"]
+    if is_offline(name):
+        return str(build_offline_model(name, seed=model_params["offline_seed"]))
+    return name
+
+
+def compute_dtype():
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_tokenizer(model_params: dict[str, Any]):
+    """The base model's tokenizer, with a pad token that is not EOS.
+
+    Padding with EOS is the classic way to train a model that never stops: collators that mask pad ids
+    then mask every EOS label too. Mistral has no pad token, so <unk> is used, as Unsloth does.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model_params))
+    return ensure_pad_token(tokenizer)
+
+
+def ensure_pad_token(tokenizer):
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        if tokenizer.unk_token is None:
+            raise ValueError("the tokenizer has neither a pad token nor an unk token to pad with")
+        tokenizer.pad_token = tokenizer.unk_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def lora_kwargs(lora_params: dict[str, Any]) -> dict[str, Any]:
+    return dict(r=lora_params["r"], lora_alpha=lora_params["alpha"], lora_dropout=float(lora_params["dropout"]),
+                target_modules=list(lora_params["target_modules"]), bias="none")
+
+
+def load_for_training(backend: str, model_params: dict[str, Any], lora_params: dict[str, Any], *, seed: int):
+    """4-bit base model with fresh LoRA adapters on it, ready for TRL's SFTTrainer."""
+    loaders = {"unsloth": _unsloth_for_training, "hf": _hf_for_training}
+    model, tokenizer = loaders[backend](resolve_model_path(model_params), model_params, lora_params, seed)
+    return model, ensure_pad_token(tokenizer)
+
+
+def _unsloth_for_training(path, model_params, lora_params, seed):
+    from unsloth import FastLanguageModel
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=path, max_seq_length=model_params["max_seq_length"], dtype=None,
+        load_in_4bit=model_params["load_in_4bit"])
+    model = FastLanguageModel.get_peft_model(
+        model, **lora_kwargs(lora_params), use_gradient_checkpointing="unsloth", random_state=seed,
+        max_seq_length=model_params["max_seq_length"])
+    return model, tokenizer
+
+
+def _hf_base_model(path: str, model_params: dict[str, Any]):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    quantization = None
+    if model_params["load_in_4bit"]:
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                          bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype())
+    model = AutoModelForCausalLM.from_pretrained(
+        path, quantization_config=quantization, dtype=compute_dtype(),
+        device_map={"": 0} if torch.cuda.is_available() else None)
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def _hf_for_training(path, model_params, lora_params, seed):
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    model, tokenizer = _hf_base_model(path, model_params)
+    if model_params["load_in_4bit"]:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    torch.manual_seed(seed)  # LoRA's A matrices are drawn from the global generator
+    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora_kwargs(lora_params)))
+    return model, tokenizer
+
+
+def load_base_for_evaluation(backend: str, model_params: dict[str, Any]):
+    """The 4-bit base model alone, in eval mode, through the same backend that trained the adapter."""
+    path = resolve_model_path(model_params)
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=path, max_seq_length=model_params["max_seq_length"], dtype=None,
+            load_in_4bit=model_params["load_in_4bit"])
+        FastLanguageModel.for_inference(model)
+    else:
+        model, tokenizer = _hf_base_model(path, model_params)
+    model.eval()
+    return model, ensure_pad_token(tokenizer)
+
+
+def attach_adapter(model, backend: str, adapter_dir: Path):
+    """Base model + trained LoRA adapter, in eval mode.
+
+    Base metrics are measured before this call rather than through `disable_adapter()`, because
+    Unsloth's fused LoRA kernels are not guaranteed to honour that switch.
+    """
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        FastLanguageModel.for_inference(model)
+    model.eval()
+    return model

@@ -1,0 +1,48 @@
+"""The prompt template, kept out of the code in templates/<name>.json (as tloen/alpaca-lora does).
+
+Rendering returns the prompt and the response apart, so that training can mask the prompt from the loss
+and evaluation can feed the prompt alone to the model.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+REQUIRED_KEYS = ("prompt_input", "prompt_no_input", "response_marker")
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    name: str
+    prompt_input: str
+    prompt_no_input: str
+    response_marker: str
+
+    @classmethod
+    def load(cls, name: str, directory: Path = TEMPLATES_DIR) -> "PromptTemplate":
+        path = directory / f"{name}.json"
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in directory.glob("*.json")))
+            raise ValueError(f"format.template: {path} does not exist (known templates: {known})")
+        spec = json.loads(path.read_text(encoding="utf-8"))
+        missing = [key for key in REQUIRED_KEYS if key not in spec]
+        if missing:
+            raise ValueError(f"{path}: missing key(s) {', '.join(missing)}")
+        return cls(name=name, **{key: spec[key] for key in REQUIRED_KEYS})
+
+    def render_prompt(self, record: dict[str, str], *, input_free_variant: bool) -> str:
+        """The prompt for one record, ending with the response marker.
+
+        With `input_free_variant`, a record whose input is empty (or only whitespace) gets the template
+        without an "### Input:" block, as Stanford Alpaca did; otherwise every record gets the with-input
+        template, empty input included, as the Unsloth notebook does.
+        """
+        if input_free_variant and not record["input"].strip():
+            return self.prompt_no_input.format(instruction=record["instruction"])
+        return self.prompt_input.format(instruction=record["instruction"], input=record["input"])
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "prompt_input": self.prompt_input,
+                "prompt_no_input": self.prompt_no_input, "response_marker": self.response_marker}

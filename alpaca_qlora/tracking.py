@@ -1,0 +1,53 @@
+"""Where training curves go: DVCLive always, Weights & Biases when asked, never blocking a run.
+
+DVCLive writes under reports/train/ with `dvcyaml=False`: the metrics and plots are declared once, at the
+top level of dvc.yaml, so DVCLive never rewrites it. W&B's mode comes from the WANDB_MODE environment
+variable if set, else from train.wandb_mode. "online" without a reachable server falls back to "offline"
+(runs are synced later with `wandb sync wandb/`) instead of hanging or failing the stage.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlparse
+
+TRAIN_LOG_DIR = "reports/train"
+
+
+def resolve_wandb_mode(param_mode: str, *, probe_timeout_s: float = 3.0) -> str:
+    mode = os.environ.get("WANDB_MODE", param_mode).strip().lower()
+    if mode in {"dryrun"}:
+        mode = "offline"
+    if mode not in {"disabled", "offline", "online"}:
+        raise ValueError(f"WANDB_MODE / train.wandb_mode must be disabled, offline or online, got {mode!r}")
+    if mode == "online" and not _reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"),
+                                           probe_timeout_s):
+        print("train: Weights & Biases server unreachable; logging offline (sync later: wandb sync wandb/)")
+        mode = "offline"
+    return mode
+
+
+def _reachable(url: str, timeout_s: float) -> bool:
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def training_callbacks_and_reporters(train_params: dict) -> tuple[list, list[str]]:
+    """DVCLive's HF callback, plus "wandb" in `report_to` when W&B is not disabled."""
+    from dvclive import Live
+    from transformers.integrations import DVCLiveCallback
+
+    mode = resolve_wandb_mode(train_params["wandb_mode"])
+    os.environ["WANDB_MODE"] = mode
+    reporters = []
+    if mode != "disabled":
+        os.environ.setdefault("WANDB_PROJECT", train_params["wandb_project"])
+        os.environ.setdefault("WANDB_INIT_TIMEOUT", "30")
+        reporters.append("wandb")
+    live = Live(dir=TRAIN_LOG_DIR, dvcyaml=False, save_dvc_exp=False, report=None)
+    return [DVCLiveCallback(live=live, log_model=None)], reporters

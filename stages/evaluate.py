@@ -1,0 +1,75 @@
+"""Stage `evaluate`: held-out loss and perplexity of the base model and of base + adapter, and generations.
+
+Reads params `evaluate.*`, `model.*` and `train.backend`. Writes reports/metrics.json (declared as DVC
+metrics, so `dvc metrics diff` and `dvc exp show` compare runs) and reports/generations.md (greedy
+generations of the first held-out prompts, each beside its reference output, for base and fine-tuned).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from alpaca_qlora.params import load_section
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--formatted", type=Path, default=Path("data/formatted"))
+    parser.add_argument("--adapter", type=Path, default=Path("models/adapter"))
+    parser.add_argument("--out", type=Path, default=Path("reports"))
+    args = parser.parse_args()
+    params, model_params = load_section("evaluate"), load_section("model")
+    backend = load_section("train")["backend"]
+    if backend == "unsloth":
+        import unsloth  # noqa: F401  (must be imported before transformers)
+
+    from alpaca_qlora.data import read_jsonl, write_json
+    from alpaca_qlora.evaluation import greedy_generations, heldout_loss
+    from alpaca_qlora.models import attach_adapter, load_base_for_evaluation
+
+    rows = read_jsonl(args.formatted / "eval.jsonl")
+    shown = rows[:params["num_generations"]]
+    prompts = [row["prompt"] for row in shown]
+    generate = dict(max_new_tokens=params["max_new_tokens"], batch_size=params["batch_size"])
+
+    started = time.perf_counter()
+    model, tokenizer = load_base_for_evaluation(backend, model_params)
+    base = heldout_loss(model, rows, batch_size=params["batch_size"], pad_token_id=tokenizer.pad_token_id)
+    base_texts, _ = greedy_generations(model, tokenizer, prompts, **generate)
+    model = attach_adapter(model, backend, args.adapter)
+    tuned = heldout_loss(model, rows, batch_size=params["batch_size"], pad_token_id=tokenizer.pad_token_id)
+    tuned_texts, speed = greedy_generations(model, tokenizer, prompts, **generate)
+
+    write_json(args.out / "metrics.json", {
+        "eval_loss": tuned["loss"], "eval_perplexity": tuned["perplexity"],
+        "base_eval_loss": base["loss"], "base_eval_perplexity": base["perplexity"],
+        "eval_loss_reduction": round(base["loss"] - tuned["loss"], 6),
+        "eval_rows": len(rows), "eval_response_tokens": tuned["tokens"],
+        "generation_prompts_per_s": speed["prompts_per_s"],
+        "generation_new_tokens_per_s": speed["new_tokens_per_s"],
+    })
+    write_generations_report(args.out / "generations.md", shown, base_texts, tuned_texts, model_params["name"])
+    print(f"evaluate: held-out loss {base['loss']:.4f} (base) -> {tuned['loss']:.4f} (adapter), "
+          f"perplexity {base['perplexity']:.2f} -> {tuned['perplexity']:.2f}; {speed['prompts_per_s']:.2f} "
+          f"prompts/s; {time.perf_counter() - started:.1f}s")
+
+
+def write_generations_report(path: Path, rows, base_texts, tuned_texts, model_name: str) -> None:
+    lines = [f"# Greedy generations on held-out prompts\n",
+             f"Base model `{model_name}`; the first {len(rows)} rows of data/formatted/eval.jsonl.\n"]
+    for row, base_text, tuned_text in zip(rows, base_texts, tuned_texts):
+        reference = row["completion"]
+        lines += [f"## Record {row['id']}\n", "**Prompt**\n", fenced(row["prompt"]),
+                  "**Reference**\n", fenced(reference), "**Fine-tuned (base + adapter)**\n", fenced(tuned_text),
+                  "**Base model**\n", fenced(base_text)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def fenced(text: str) -> str:
+    return "````text\n" + text + "\n````\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Stage `sample`: a seeded random fraction of the source for training, plus a disjoint held-out set.
+
+Reads params `data.*` only. Writes data/sampled/{train,eval}.jsonl and stats.json; the same params and
+the same source give byte-identical files on any machine.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from alpaca_qlora.data import (fingerprint, load_records, sample_indices, validate_records, write_json,
+                               write_jsonl)
+from alpaca_qlora.params import load_section
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("data/sampled"))
+    args = parser.parse_args()
+    params = load_section("data")
+
+    rows, where = load_records(params["source"], split=params["split"])
+    records = validate_records(rows, where)
+    train_ids, eval_ids = sample_indices(len(records), fraction=params["fraction"],
+                                         eval_size=params["eval_size"], seed=params["seed"])
+    # "id" is the record's position in the source: it traces any row back to where it came from.
+    train = [{"id": i, **records[i]} for i in train_ids]
+    held_out = [{"id": i, **records[i]} for i in eval_ids]
+
+    write_jsonl(args.out / "train.jsonl", train)
+    write_jsonl(args.out / "eval.jsonl", held_out)
+    write_json(args.out / "stats.json", {
+        "source": params["source"], "source_records": len(records),
+        "source_fingerprint": fingerprint(records),
+        "train_records": len(train), "eval_records": len(held_out),
+        "train_with_input": sum(bool(r["input"].strip()) for r in train),
+        "train_fingerprint": fingerprint(train), "eval_fingerprint": fingerprint(held_out),
+    })
+    print(f"sample: {len(train)} train + {len(held_out)} eval records of {len(records)} from {params['source']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Stage `train`: QLoRA fine-tuning with TRL's SFTTrainer on the formatted rows.
+
+Reads params `model.*`, `lora.*`, `train.*`. Writes models/adapter/ (adapter safetensors +
+adapter_config.json, the tokenizer, metadata.json describing how it was made) and reports/train/ (DVCLive
+training curves). Backend "unsloth" or "hf" only changes how the model is loaded (alpaca_qlora.models).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+# Unsloth must be imported before transformers/TRL to patch them; models.py imports it lazily, so the
+# backend is read first and Unsloth imported here when chosen.
+from alpaca_qlora.params import load_section
+
+
+class RealTokenCounter:
+    """Wraps the data collator to count the real (non-pad) tokens the trainer actually consumed."""
+
+    def __init__(self, collator):
+        self.collator, self.tokens = collator, 0
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        if "attention_mask" in batch:
+            self.tokens += int(batch["attention_mask"].sum())
+        else:  # padding-free / packed batches carry no padding but pad_to_multiple_of's tail
+            self.tokens += sum(len(f["input_ids"]) for f in features)
+        return batch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--formatted", type=Path, default=Path("data/formatted"))
+    parser.add_argument("--out", type=Path, default=Path("models/adapter"))
+    args = parser.parse_args()
+    params, model_params, lora_params = load_section("train"), load_section("model"), load_section("lora")
+    if params["backend"] == "unsloth":
+        import unsloth  # noqa: F401  (patches transformers, peft and TRL; must come first)
+
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from alpaca_qlora.data import read_jsonl, write_json
+    from alpaca_qlora.metadata import (device_description, file_sha256, library_versions, peak_memory_gib)
+    from alpaca_qlora.models import compute_dtype, load_for_training
+    from alpaca_qlora.tracking import TRAIN_LOG_DIR, training_callbacks_and_reporters
+
+    started = time.perf_counter()
+    rows = read_jsonl(args.formatted / "train.jsonl")
+    dataset = Dataset.from_list([{"input_ids": r["input_ids"], "completion_mask": r["completion_mask"]}
+                                 for r in rows])
+    model, tokenizer = load_for_training(params["backend"], model_params, lora_params, seed=params["seed"])
+    load_seconds = time.perf_counter() - started
+    callbacks, reporters = training_callbacks_and_reporters(params)
+    on_gpu, dtype = torch.cuda.is_available(), compute_dtype()
+    config = SFTConfig(
+        output_dir="build/train-checkpoints", save_strategy="no", report_to=reporters,
+        per_device_train_batch_size=params["batch_size"],
+        gradient_accumulation_steps=params["gradient_accumulation_steps"],
+        num_train_epochs=params["epochs"], max_steps=params["max_steps"], learning_rate=params["learning_rate"],
+        lr_scheduler_type=params["lr_scheduler"], warmup_steps=params["warmup_steps"],
+        weight_decay=params["weight_decay"], optim=params["optimizer"], seed=params["seed"],
+        data_seed=params["seed"], logging_steps=params["logging_steps"],
+        max_length=model_params["max_seq_length"], packing=params["packing"], packing_strategy="bfd",
+        completion_only_loss=not params["train_on_prompt"],
+        bf16=on_gpu and dtype == torch.bfloat16, fp16=on_gpu and dtype == torch.float16,
+        use_cpu=not on_gpu, dataset_num_proc=1, disable_tqdm=True,
+    )
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=callbacks)
+    counter = RealTokenCounter(trainer.data_collator)
+    trainer.data_collator = counter
+    result = trainer.train()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(args.out), safe_serialization=True)
+    tokenizer.save_pretrained(str(args.out))
+    train_seconds = result.metrics["train_runtime"]
+    write_json(args.out / "metadata.json", {
+        "base_model": model_params["name"],
+        "backend": params["backend"],
+        "params": {"model": model_params, "lora": lora_params, "train": params},
+        "template": read_json_file(args.formatted / "stats.json")["template"],
+        "data": {"formatted_train_sha256": file_sha256(args.formatted / "train.jsonl"), "train_rows": len(rows)},
+        "effective": {  # what actually ran, after the libraries' own adjustments (Unsloth on CPU, ...)
+            "optimizer": str(trainer.args.optim), "packing": bool(trainer.args.packing),
+            "padding_free": bool(getattr(trainer.args, "padding_free", False)),
+            "completion_only_loss": trainer.args.completion_only_loss, "dtype": str(dtype),
+            "device": device_description(), "global_steps": result.global_step,
+        },
+        "results": {
+            "train_loss": round(result.training_loss, 6), "train_runtime_s": round(train_seconds, 2),
+            "model_load_s": round(load_seconds, 2), "real_tokens": counter.tokens,
+            "real_tokens_per_s": round(counter.tokens / train_seconds, 1), **peak_memory_gib(),
+        },
+        "libraries": library_versions(),
+    })
+    print(f"train: loss {result.training_loss:.4f}, {result.global_step} steps, {train_seconds:.1f}s, "
+          f"{counter.tokens / train_seconds:.0f} real tokens/s; adapter in {args.out}, curves in {TRAIN_LOG_DIR}")
+
+
+def read_json_file(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Drive real ``git`` and ``dvc`` command lines in a repository, and describe what they left.
+
+Everything takes the repository path, so the same helpers work on the real
+offline-profile workspace and on the small stand-in project.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+#: The pipeline's DVC outputs that a colleague must get back byte for byte.
+#: (``reports/`` also holds DVCLive plots; all of its files are compared.)
+OUTPUTS = ("data/sampled", "data/formatted", "models/adapter", "reports")
+ADAPTER = "models/adapter"
+ADAPTER_WEIGHTS = "models/adapter/adapter_model.safetensors"
+
+DVC = str(Path(sys.executable).with_name("dvc"))
+
+#: Environment for every git and dvc command: no usage analytics (they try the
+#: network), no prompts, a fixed git identity, no user-level config leaking in.
+BASE_ENV = {
+    "DVC_NO_ANALYTICS": "1",
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_AUTHOR_NAME": "Remote Tests",
+    "GIT_AUTHOR_EMAIL": "remote-tests@example.invalid",
+    "GIT_COMMITTER_NAME": "Remote Tests",
+    "GIT_COMMITTER_EMAIL": "remote-tests@example.invalid",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def command_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    # Credentials must come from the remote's --local config in these tests, never
+    # from whatever the machine running them has.
+    for key in list(env):
+        if key.startswith("AWS_") and key != "AWS_CA_BUNDLE":
+            del env[key]
+    env.update(BASE_ENV)
+    # Stage commands say `python`: make it this interpreter, with the pipeline's packages.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class Result:
+    args: list[str]
+    returncode: int
+    output: str  # stdout and stderr together, in order
+    seconds: float
+
+    def __str__(self) -> str:
+        return (
+            f"$ {' '.join(self.args)}  (exit {self.returncode}, {self.seconds:.1f}s)\n{self.output}"
+        )
+
+
+def run(args: list[str], cwd: Path, *, timeout: float = 600, check: bool = True,
+        env: dict[str, str] | None = None, preexec_fn=None) -> Result:
+    """Run a command, return its exit code and merged output.
+
+    ``check`` raises with the whole output when the command fails, so a test
+    failure shows what the tool said.
+    """
+    start = time.monotonic()
+    proc = subprocess.run(
+        args, cwd=cwd, env=command_env(env), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+        preexec_fn=preexec_fn,
+    )
+    result = Result(list(args), proc.returncode, proc.stdout, time.monotonic() - start)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"command failed in {cwd}:\n{result}")
+    return result
+
+
+def dvc(repo: Path, *args: str, **kwargs) -> Result:
+    return run([DVC, *args], repo, **kwargs)
+
+
+def git(repo: Path, *args: str, **kwargs) -> Result:
+    return run(["git", *args], repo, **kwargs)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def digest_tree(repo: Path, rel: str) -> dict[str, str]:
+    """``{relative file path: sha256}`` for a file or every file under a directory."""
+    root = Path(repo) / rel
+    if root.is_file():
+        return {rel: sha256(root)}
+    if not root.exists():
+        return {}
+    return {
+        path.relative_to(repo).as_posix(): sha256(path)
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def digest_outputs(repo: Path, outputs=OUTPUTS) -> dict[str, str]:
+    digests: dict[str, str] = {}
+    for rel in outputs:
+        digests.update(digest_tree(repo, rel))
+    return digests
+
+
+def copy_repo(src: Path, dest: Path) -> Path:
+    """Copy a whole repository (work tree, .git, .dvc/cache) to ``dest``.
+
+    DVC's link-type default (reflink, else copy) means the copy shares nothing
+    with ``src``.
+    """
+    shutil.copytree(src, dest, symlinks=True)
+    # The copied state DB describes src's inodes; let DVC rebuild it.
+    shutil.rmtree(Path(dest) / ".dvc" / "tmp", ignore_errors=True)
+    return Path(dest)
+
+
+def make_origin(repo: Path, bare: Path) -> None:
+    """Create a bare git repository at ``bare`` from ``repo`` and make it ``origin``."""
+    run(["git", "clone", "--quiet", "--bare", str(repo), str(bare)], repo.parent)
+    existing = git(repo, "remote").output.split()
+    if "origin" in existing:
+        git(repo, "remote", "set-url", "origin", str(bare))
+    else:
+        git(repo, "remote", "add", "origin", str(bare))
+    git(repo, "fetch", "--quiet", "origin")
+
+
+def clone(origin: Path, dest: Path) -> Path:
+    run(["git", "clone", "--quiet", str(origin), str(dest)], Path(dest).parent)
+    return Path(dest)
+
+
+def dvc_cache_files(repo: Path) -> list[Path]:
+    cache = Path(repo) / ".dvc" / "cache" / "files"
+    return sorted(p for p in cache.rglob("*") if p.is_file()) if cache.exists() else []
+
+
+def dir_manifest_entry(repo: Path, rel_file: str) -> str:
+    """The md5 DVC recorded for ``rel_file`` inside a tracked directory output.
+
+    Read from the directory's ``.dir`` manifest in the local cache, the same
+    object DVC pushes, so a test can find the file's object on a remote.
+    """
+    import json
+
+    import yaml
+
+    lock = yaml.safe_load((Path(repo) / "dvc.lock").read_text())
+    outs = {
+        out["path"]: out["md5"]
+        for stage in lock["stages"].values()
+        for out in stage.get("outs", [])
+    }
+    for parent in Path(rel_file).parents:
+        dir_md5 = outs.get(parent.as_posix())
+        if dir_md5 is None:
+            continue
+        manifest = Path(repo) / ".dvc" / "cache" / object_relpath(dir_md5)
+        relpath = Path(rel_file).relative_to(parent).as_posix()
+        for entry in json.loads(manifest.read_text()):
+            if entry["relpath"] == relpath:
+                return entry["md5"]
+        raise KeyError(f"{relpath} is not listed in {manifest}")
+    raise KeyError(f"no directory output in {repo}/dvc.lock contains {rel_file}")
+
+
+def object_relpath(md5: str) -> str:
+    """Where DVC 3 stores an object, relative to the cache or remote root."""
+    return f"files/md5/{md5[:2]}/{md5[2:]}"

@@ -1,0 +1,62 @@
+"""DVC behaviour of the whole pipeline, through the real `dvc` CLI on the offline profile."""
+from __future__ import annotations
+
+import json
+
+from ruamel.yaml import YAML
+
+from tests.conftest import run_dvc, stages_run
+
+
+def lock_md5(workspace, path: str) -> str:
+    lock = YAML(typ="safe", pure=True).load((workspace / "dvc.lock").read_text())
+    for stage in lock["stages"].values():
+        for out in stage.get("outs", []):
+            if out["path"] == path:
+                return out["md5"]
+    raise AssertionError(f"{path} is not an output in dvc.lock")
+
+
+def test_second_repro_runs_nothing_and_status_is_clean(workspace_copy):
+    output = run_dvc(workspace_copy, "repro")
+    assert stages_run(output) == []
+    assert "didn't change, skipping" in output
+    assert run_dvc(workspace_copy, "status").strip() == "Data and pipelines are up to date."
+
+
+def test_train_key_reruns_train_and_evaluate_only(workspace_copy):
+    output = run_dvc(workspace_copy, "exp", "run", "-S", "train.warmup_steps=2")
+    assert stages_run(output) == ["train", "evaluate"]
+
+
+def test_evaluate_key_reruns_evaluate_only(workspace_copy):
+    output = run_dvc(workspace_copy, "exp", "run", "-S", "evaluate.max_new_tokens=8")
+    assert stages_run(output) == ["evaluate"]
+
+
+def test_data_key_reruns_every_stage(workspace_copy):
+    output = run_dvc(workspace_copy, "exp", "run", "-S", "data.seed=7")
+    assert stages_run(output) == ["sample", "format", "train", "evaluate"]
+
+
+def test_same_params_give_same_data_hashes(reproduced_workspace, offline_workspace_factory):
+    """An independent workspace with the same params produces byte-identical data/sampled and data/formatted."""
+    other = offline_workspace_factory()
+    output = run_dvc(other, "repro", "format")
+    assert stages_run(output) == ["sample", "format"]
+    for path in ("data/sampled", "data/formatted"):
+        assert lock_md5(other, path) == lock_md5(reproduced_workspace, path), path
+
+
+def test_exp_run_creates_an_experiment_listed_with_its_metrics(workspace_copy):
+    output = run_dvc(workspace_copy, "exp", "run", "-n", "lr-1e-3", "-S", "train.learning_rate=1e-3")
+    assert stages_run(output) == ["train", "evaluate"]
+    shown = json.loads(run_dvc(workspace_copy, "exp", "show", "--json"))
+    experiments = {exp["name"]: exp for rev in shown for exp in (rev.get("experiments") or [])}
+    assert "lr-1e-3" in experiments, shown
+    data = experiments["lr-1e-3"]["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["train"]["learning_rate"] == 1e-3
+    metrics = data["metrics"]["reports/metrics.json"]["data"]
+    assert metrics["eval_loss"] < metrics["base_eval_loss"]
+    table = run_dvc(workspace_copy, "exp", "show", "--no-pager", "--md")
+    assert "lr-1e-3" in table and "eval_loss" in table

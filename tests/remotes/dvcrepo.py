@@ -15,9 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-#: The pipeline's DVC outputs that a colleague must get back byte for byte.
-#: (``reports/`` also holds DVCLive plots; all of its files are compared.)
-OUTPUTS = ("data/sampled", "data/formatted", "models/adapter", "reports")
+#: Outputs the sharing tests rely on by name (the full list is read from each repo's dvc.lock).
+EXPECTED_OUTPUTS = ("data/sampled", "data/formatted", "models/adapter", "reports/metrics.json")
 ADAPTER = "models/adapter"
 ADAPTER_WEIGHTS = "models/adapter/adapter_model.safetensors"
 
@@ -33,6 +32,8 @@ BASE_ENV = {
     "GIT_COMMITTER_NAME": "Remote Tests",
     "GIT_COMMITTER_EMAIL": "remote-tests@example.invalid",
     "GIT_CONFIG_NOSYSTEM": "1",
+    # DVC's tables wrap at the terminal width; keep each row on one line.
+    "COLUMNS": "1000",
 }
 
 
@@ -112,9 +113,18 @@ def digest_tree(repo: Path, rel: str) -> dict[str, str]:
     }
 
 
-def digest_outputs(repo: Path, outputs=OUTPUTS) -> dict[str, str]:
+def lock_outputs(repo: Path) -> list[str]:
+    """Every output path recorded in ``repo``'s dvc.lock (the files DVC pushes and pulls)."""
+    import yaml
+
+    lock = yaml.safe_load((Path(repo) / "dvc.lock").read_text())
+    return sorted(out["path"] for stage in lock["stages"].values() for out in stage.get("outs", []))
+
+
+def digest_outputs(repo: Path) -> dict[str, str]:
+    """sha256 of every file of every output in ``repo``'s dvc.lock, present or not."""
     digests: dict[str, str] = {}
-    for rel in outputs:
+    for rel in lock_outputs(repo):
         digests.update(digest_tree(repo, rel))
     return digests
 

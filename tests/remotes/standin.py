@@ -44,7 +44,7 @@ elif stage == "format":
     (out / "train.jsonl").write_text(text.replace("task", "### Instruction: task"))
 elif stage == "train":
     out = Path("models/adapter"); out.mkdir(parents=True, exist_ok=True)
-    seed = f"{params['train']['learning_rate']}:{params['train']['seed']}"
+    seed = f"{params['train']['learning_rate']}:{params['train']['seed']}:{params['train']['max_steps']}"
     (out / "adapter_model.safetensors").write_bytes(blob(seed, params["train"]["adapter_bytes"]))
     (out / "adapter_config.json").write_text(json.dumps({"r": 16, "lora_alpha": 16}, sort_keys=True))
     (out / "tokenizer.json").write_text(json.dumps({"vocab": list(range(50))}))
@@ -84,6 +84,7 @@ PARAMS_YAML = """\
 train:
   learning_rate: 2.0e-4
   seed: 3407
+  max_steps: -1
   adapter_bytes: {adapter_bytes}
 """
 

@@ -107,7 +107,16 @@ class Remote:
     #: Where the objects land on this machine (local and SSH remotes), to inspect or damage them.
     path: Path | None = None
     s3: MotoS3Server | None = None
+    ssh: SSHServer | None = None
     prefix: str = ""
+
+    def via(self, port: int) -> dict[str, str]:
+        """Settings that reach this remote's server through 127.0.0.1:``port`` (a proxy, a dead port)."""
+        if self.kind == "ssh":
+            return {"url": self.url.replace(f":{self.ssh.port}/", f":{port}/", 1)}
+        if self.kind == "s3":
+            return {"endpointurl": f"http://127.0.0.1:{port}"}
+        raise ValueError("a local directory remote has no network port")
 
     def configure(self, repo: Path, **overrides: str) -> None:
         """Point ``repo``'s default remote ``team`` here, in .dvc/config.local only."""
@@ -156,7 +165,7 @@ def make_remote(request, tmp_path):
             server = request.getfixturevalue("ssh_server")
             path = tmp_path / "ssh-remote"
             return Remote(
-                kind, server.url(path), path=path,
+                kind, server.url(path), path=path, ssh=server,
                 settings={"user": server.user, "keyfile": str(server.client_key), "timeout": "20"},
             )
         if kind == "s3":

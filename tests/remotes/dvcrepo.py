@@ -121,6 +121,18 @@ def lock_outputs(repo: Path) -> list[str]:
     return sorted(out["path"] for stage in lock["stages"].values() for out in stage.get("outs", []))
 
 
+def lock_out_md5(repo: Path, rel: str) -> str:
+    """The md5 (``....dir`` for a directory) that ``repo``'s dvc.lock records for the output ``rel``."""
+    import yaml
+
+    lock = yaml.safe_load((Path(repo) / "dvc.lock").read_text())
+    for stage in lock["stages"].values():
+        for out in stage.get("outs", []):
+            if out["path"] == rel:
+                return out["md5"]
+    raise KeyError(f"{rel} is not an output in {repo}/dvc.lock")
+
+
 def digest_outputs(repo: Path) -> dict[str, str]:
     """sha256 of every file of every output in ``repo``'s dvc.lock, present or not."""
     digests: dict[str, str] = {}

@@ -327,9 +327,10 @@ class ThrottlingProxy:
                     break
                 dst.sendall(data)
                 if throttle:
+                    # One lock for every connection: the rate bounds the total, as one slow link would.
                     with self._lock:
                         self.uploaded += len(data)
-                    time.sleep(len(data) / self.rate)
+                        time.sleep(len(data) / self.rate)
         except OSError:
             pass
         finally:

@@ -92,6 +92,9 @@ def _hf_for_training(path, model_params, lora_params, seed):
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    from alpaca_qlora.trl_cpu import use_torch_loss_on_cpu
+
+    use_torch_loss_on_cpu()
     model, tokenizer = _hf_base_model(path, model_params)
     if model_params["load_in_4bit"]:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)

@@ -27,9 +27,16 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def run_dvc(workspace: Path, *args: str, check: bool = True, timeout: float = 900) -> str:
-    """Run `dvc <args>` in `workspace`; return stdout + stderr (asserting success when `check`)."""
-    done = subprocess.run(["dvc", *args], cwd=workspace, env=cli_env(), capture_output=True, text=True,
+def run_dvc(workspace: Path, *args: str, check: bool = True, timeout: float = 900,
+            env: dict[str, str | None] | None = None) -> str:
+    """Run `dvc <args>` in `workspace`; return stdout + stderr (asserting success when `check`).
+
+    `env` adds variables to the CLI environment; a None value removes one.
+    """
+    environment = cli_env()
+    for name, value in (env or {}).items():
+        environment.pop(name, None) if value is None else environment.__setitem__(name, value)
+    done = subprocess.run(["dvc", *args], cwd=workspace, env=environment, capture_output=True, text=True,
                           timeout=timeout)
     output = done.stdout + done.stderr
     if check and done.returncode != 0:

@@ -206,3 +206,14 @@ def dir_manifest_entry(repo: Path, rel_file: str) -> str:
 def object_relpath(md5: str) -> str:
     """Where DVC 3 stores an object, relative to the cache or remote root."""
     return f"files/md5/{md5[:2]}/{md5[2:]}"
+
+
+def pushed_count(output: str) -> int:
+    """N from DVC's "N files pushed" ("Everything is up to date." counts as 0)."""
+    for line in output.splitlines():
+        words = line.split()
+        if line.strip().endswith(("file pushed", "files pushed")):
+            return int(words[0])
+    if "Everything is up to date." in output:
+        return 0
+    raise AssertionError(f"no push summary in:\n{output}")

@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from .conftest import REMOTE_KINDS
+from .remotes import REMOTE_KINDS
 from .dvcrepo import ADAPTER, clone, copy_repo, digest_outputs, digest_tree, dvc, git, make_origin
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REMOTE_KINDS
+from .remotes import REMOTE_KINDS, new_remote
 from .dvcrepo import (
     ADAPTER,
     ADAPTER_WEIGHTS,
@@ -30,19 +30,19 @@ from .dvcrepo import (
     copy_repo,
     dir_manifest_entry,
     digest_outputs,
-    digest_tree,
     dvc,
     dvc_cache_files,
     lock_out_md5,
+    lock_outputs,
     make_origin,
     object_relpath,
+    pushed_count,
 )
 from .servers import SilentTCPServer, ThrottlingProxy, free_port
-from .test_roundtrip import pushed_count
 
 #: Connection timeouts the tests configure, and how long a failure may take at most with them.
 SSH_TIMEOUT_S = 5
-S3_TIMEOUT_S = 2
+S3_TIMEOUT_S = 1
 FAIL_WITHIN_S = 60
 
 
@@ -72,7 +72,6 @@ def _stray_files(repo: Path) -> list[str]:
 UNREACHABLE = [
     # (remote kind, what listens on the port, words the error must contain; {port} is filled in)
     pytest.param("ssh", "nothing", ["Connect call failed", "'127.0.0.1', {port}"], id="ssh-refused"),
-    pytest.param("ssh", "silent", [], id="ssh-silent"),
     pytest.param("s3", "nothing", ["Could not connect to the endpoint URL", "127.0.0.1:{port}"], id="s3-refused"),
     pytest.param("s3", "silent", ["timeout on endpoint URL", "127.0.0.1:{port}"], id="s3-silent"),
 ]
@@ -95,26 +94,60 @@ def _unreachable_push(kind, listener, remote, gpu_box):
 def test_unreachable_remote_fails_within_the_configured_timeout(
         kind, listener, words, team_workspace, make_remote, tmp_path):
     remote = make_remote(kind)
-    gpu_box = _gpu_box(team_workspace, tmp_path)
-    result, port = _unreachable_push(kind, listener, remote, gpu_box)
+    result, port = _unreachable_push(kind, listener, remote, copy_repo(team_workspace, tmp_path / "gpu-box"))
 
     assert result.returncode != 0, f"push to an unreachable remote claimed success:\n{result}"
     assert result.seconds < FAIL_WITHIN_S, f"took {result.seconds:.0f}s to give up:\n{result}"
+    if listener == "silent":
+        assert result.seconds >= S3_TIMEOUT_S, f"gave up before the configured timeout:\n{result}"
     assert "ERROR" in result.output, result
     for word in words:
         assert word.format(port=port) in result.output, f"{word!r} not in the error:\n{result}"
 
 
+def test_pull_from_an_unmounted_directory_remote_names_every_missing_output(team_workspace, make_remote, tmp_path):
+    """A directory remote whose NFS share is not mounted looks empty: the pull says what it lacks."""
+    remote = make_remote("local")
+    gpu_box = _gpu_box(team_workspace, tmp_path)
+    colleague = clone(tmp_path / "origin.git", tmp_path / "colleague")
+    remote.configure(colleague)  # nothing was ever pushed there: the path does not even exist
+    assert not remote.path.exists()
+
+    pull = dvc(colleague, "pull", check=False)
+
+    assert pull.returncode != 0, pull
+    assert "Missing cache files" in pull.output, pull
+    failed = pull.output.split("Checkout failed for following targets:", 1)[-1]
+    for out in lock_outputs(gpu_box):
+        assert f"\n{out}\n" in failed, f"{out} not named among the outputs that could not be restored:\n{pull}"
+    assert digest_outputs(colleague) == {}, "nothing may be written from an empty remote"
+
+
+@pytest.fixture(scope="module")
+def ssh_silent_push(team_workspace, ssh_server, tmp_path_factory):
+    """``dvc push`` to an SSH port that accepts the connection and never answers (run once)."""
+    scratch = tmp_path_factory.mktemp("ssh-silent")
+    remote = new_remote("ssh", scratch, ssh=ssh_server)
+    result, _ = _unreachable_push("ssh", "silent", remote, copy_repo(team_workspace, scratch / "gpu-box"))
+    return result
+
+
+def test_ssh_host_that_never_answers_fails_after_the_configured_timeout(ssh_silent_push):
+    result = ssh_silent_push
+    assert result.returncode != 0, f"push to a silent host claimed success:\n{result}"
+    assert SSH_TIMEOUT_S <= result.seconds < SSH_TIMEOUT_S + 30, (
+        f"expected to give up after the {SSH_TIMEOUT_S}s `timeout`, took {result.seconds:.1f}s:\n{result}"
+    )
+    assert "ERROR" in result.output, result
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "DVC 3.67.1 / dvc-ssh 4.3.0 print 'ERROR: unexpected error - : :' when the SSH connection set-up "
-    "times out (an empty fsspec FSTimeoutError; `dvc push -v` shows its name); docs/sharing.md explains it. Strict: when a DVC "
-    "upgrade names the host, this starts passing and the docs' caveat can go."))
-def test_ssh_connect_timeout_error_names_the_host(team_workspace, make_remote, tmp_path):
-    remote = make_remote("ssh")
-    gpu_box = _gpu_box(team_workspace, tmp_path)
-    result, port = _unreachable_push("ssh", "silent", remote, gpu_box)
-    assert result.returncode != 0
-    assert "127.0.0.1" in result.output or "timed out" in result.output.lower(), result
+    "times out (an empty fsspec FSTimeoutError; `dvc push -v` shows its name); docs/sharing.md explains it. "
+    "Strict: when a DVC upgrade names the host or the timeout, this passes and the docs' caveat can go."))
+def test_ssh_connect_timeout_error_names_the_host(ssh_silent_push):
+    output = ssh_silent_push.output
+    assert "127.0.0.1" in output or "timed out" in output.lower() or "timeout" in output.lower(), output
 
 
 # ------------------------------------------------------------------------------------------------

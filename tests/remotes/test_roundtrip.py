@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import REMOTE_KINDS, TIMINGS
+from .conftest import TIMINGS
+from .remotes import REMOTE_KINDS
 from .dvcrepo import (
     ADAPTER,
     clone,
@@ -14,18 +15,8 @@ from .dvcrepo import (
     dvc,
     dvc_cache_files,
     make_origin,
+    pushed_count,
 )
-
-
-def pushed_count(output: str) -> int:
-    """N from DVC's "N files pushed" ("Everything is up to date." counts as 0)."""
-    for line in output.splitlines():
-        words = line.split()
-        if line.strip().endswith(("file pushed", "files pushed")):
-            return int(words[0])
-    if "Everything is up to date." in output:
-        return 0
-    raise AssertionError(f"no push summary in:\n{output}")
 
 
 @pytest.mark.parametrize("kind", REMOTE_KINDS)

@@ -10,15 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from alpaca_qlora.offline import build_offline_model, is_offline
-
-
-def resolve_model_path(model_params: dict[str, Any]) -> str:
-    """A hub id or local directory as given; an offline:<preset> name built (once) into a local folder."""
-    name = model_params["name"]
-    if is_offline(name):
-        return str(build_offline_model(name, seed=model_params["offline_seed"]))
-    return name
+from alpaca_qlora.offline import resolve_model_path
+from alpaca_qlora.tokenizer import ensure_pad_token
 
 
 def compute_dtype():
@@ -27,27 +20,6 @@ def compute_dtype():
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
-
-
-def load_tokenizer(model_params: dict[str, Any]):
-    """The base model's tokenizer, with a pad token that is not EOS.
-
-    Padding with EOS is the classic way to train a model that never stops: collators that mask pad ids
-    then mask every EOS label too. Mistral has no pad token, so <unk> is used, as Unsloth does.
-    """
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model_params))
-    return ensure_pad_token(tokenizer)
-
-
-def ensure_pad_token(tokenizer):
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        if tokenizer.unk_token is None:
-            raise ValueError("the tokenizer has neither a pad token nor an unk token to pad with")
-        tokenizer.pad_token = tokenizer.unk_token
-    tokenizer.padding_side = "right"
-    return tokenizer
 
 
 def lora_kwargs(lora_params: dict[str, Any]) -> dict[str, Any]:

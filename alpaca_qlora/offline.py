@@ -72,3 +72,11 @@ def build_offline_model(name: str, *, seed: int, root: Path = OFFLINE_MODELS_DIR
     model.save_pretrained(str(staging), safe_serialization=True)
     staging.rename(target)  # atomic: a crash never leaves a half-built model behind
     return target
+
+
+def resolve_model_path(model_params: dict) -> str:
+    """A hub id or local directory as given; an offline:<preset> name built (once) into a local folder."""
+    name = model_params["name"]
+    if is_offline(name):
+        return str(build_offline_model(name, seed=model_params["offline_seed"]))
+    return name

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from alpaca_qlora.data import read_jsonl, write_json, write_jsonl
 from alpaca_qlora.formatting import format_records
-from alpaca_qlora.models import load_tokenizer
+from alpaca_qlora.tokenizer import load_tokenizer
 from alpaca_qlora.params import load_section
 from alpaca_qlora.template import PromptTemplate
 

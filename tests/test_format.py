@@ -6,7 +6,7 @@ import json
 import pytest
 
 from alpaca_qlora.formatting import TooLongError, format_records
-from alpaca_qlora.models import load_tokenizer
+from alpaca_qlora.tokenizer import load_tokenizer
 from alpaca_qlora.template import PromptTemplate
 
 WITH_INPUT = {"id": 0, "instruction": "Add the numbers.", "input": "2 and 3", "output": "The sum is 5."}

@@ -1,0 +1,27 @@
+"""The base model's tokenizer, shared by the format, train and evaluate stages."""
+from __future__ import annotations
+
+from typing import Any
+
+from alpaca_qlora.offline import resolve_model_path
+
+
+def load_tokenizer(model_params: dict[str, Any]):
+    """The tokenizer of `model.name` (hub id, local directory or offline:<preset>), padded safely."""
+    from transformers import AutoTokenizer
+
+    return ensure_pad_token(AutoTokenizer.from_pretrained(resolve_model_path(model_params)))
+
+
+def ensure_pad_token(tokenizer):
+    """Give the tokenizer a pad token that is not EOS, and pad on the right for training.
+
+    Padding with EOS is the classic way to train a model that never stops: collators that mask pad ids
+    then mask every EOS label too. Mistral has no pad token, so <unk> is used, as Unsloth does.
+    """
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        if tokenizer.unk_token is None:
+            raise ValueError("the tokenizer has neither a pad token nor an unk token to pad with")
+        tokenizer.pad_token = tokenizer.unk_token
+    tokenizer.padding_side = "right"
+    return tokenizer

@@ -149,6 +149,10 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
 def write_json(path: Path, value: Any) -> None:
     """Stable, human-readable JSON (sorted keys, trailing newline) for stats, metrics and metadata."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,6 @@ For the "unsloth/...-bnb-4bit" base, pass --base mistralai/Mistral-7B-Instruct-v
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -18,9 +17,10 @@ def merge(adapter_dir: Path, out_dir: Path, base: str | None = None) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from alpaca_qlora.data import read_json
     from alpaca_qlora.offline import resolve_model_path
 
-    metadata = json.loads((adapter_dir / "metadata.json").read_text(encoding="utf-8"))
+    metadata = read_json(adapter_dir / "metadata.json")
     model_params = metadata["params"]["model"]
     if base:
         model_params = {**model_params, "name": base}

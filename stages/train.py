@@ -43,7 +43,7 @@ def main() -> None:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from alpaca_qlora.data import read_jsonl, write_json
+    from alpaca_qlora.data import read_json, read_jsonl, write_json
     from alpaca_qlora.metadata import (device_description, file_sha256, library_versions, peak_memory_gib)
     from alpaca_qlora.models import compute_dtype, load_for_training
     from alpaca_qlora.tracking import TRAIN_LOG_DIR, training_callbacks_and_reporters
@@ -83,7 +83,7 @@ def main() -> None:
         "base_model": model_params["name"],
         "backend": params["backend"],
         "params": {"model": model_params, "lora": lora_params, "train": params},
-        "template": read_json_file(args.formatted / "stats.json")["template"],
+        "template": read_json(args.formatted / "stats.json")["template"],
         "data": {"formatted_train_sha256": file_sha256(args.formatted / "train.jsonl"), "train_rows": len(rows)},
         "effective": {  # what actually ran, after the libraries' own adjustments (Unsloth on CPU, ...)
             "optimizer": str(trainer.args.optim), "packing": bool(trainer.args.packing),
@@ -100,12 +100,6 @@ def main() -> None:
     })
     print(f"train: loss {result.training_loss:.4f}, {result.global_step} steps, {train_seconds:.1f}s, "
           f"{counter.tokens / train_seconds:.0f} real tokens/s; adapter in {args.out}, curves in {TRAIN_LOG_DIR}")
-
-
-def read_json_file(path: Path) -> dict:
-    import json
-
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 if __name__ == "__main__":

@@ -34,9 +34,19 @@ def test_evaluate_key_reruns_evaluate_only(workspace_copy):
     assert stages_run(output) == ["evaluate"]
 
 
-def test_data_key_reruns_every_stage(workspace_copy):
-    output = run_dvc(workspace_copy, "exp", "run", "-S", "data.seed=7")
+def test_data_key_reruns_every_stage_with_the_users_own_file(workspace_copy, tmp_path):
+    """The README's override: the offline profile with `-S data.source=/path/file.json`."""
+    import subprocess
+    import sys
+
+    own = tmp_path / "my_data.json"
+    subprocess.run([sys.executable, "-m", "scripts.make_offline_data", "--out", str(tmp_path / "rows.jsonl"),
+                    "--records", "400", "--seed", "11"], cwd=workspace_copy, check=True, capture_output=True)
+    own.write_text(json.dumps([json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]))
+    output = run_dvc(workspace_copy, "exp", "run", "-S", f"data.source={own}")
     assert stages_run(output) == ["sample", "format", "train", "evaluate"]
+    stats = json.loads((workspace_copy / "data/sampled/stats.json").read_text())
+    assert stats["source"] == str(own) and stats["source_records"] == 400 and stats["train_records"] == 160
 
 
 def test_same_params_give_same_data_hashes(reproduced_workspace, offline_workspace_factory):

@@ -113,19 +113,21 @@ def digest_tree(repo: Path, rel: str) -> dict[str, str]:
     }
 
 
+def _read_lock(repo: Path) -> dict:
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe", pure=True).load((Path(repo) / "dvc.lock").read_text())
+
+
 def lock_outputs(repo: Path) -> list[str]:
     """Every output path recorded in ``repo``'s dvc.lock (the files DVC pushes and pulls)."""
-    import yaml
-
-    lock = yaml.safe_load((Path(repo) / "dvc.lock").read_text())
+    lock = _read_lock(repo)
     return sorted(out["path"] for stage in lock["stages"].values() for out in stage.get("outs", []))
 
 
 def lock_out_md5(repo: Path, rel: str) -> str:
     """The md5 (``....dir`` for a directory) that ``repo``'s dvc.lock records for the output ``rel``."""
-    import yaml
-
-    lock = yaml.safe_load((Path(repo) / "dvc.lock").read_text())
+    lock = _read_lock(repo)
     for stage in lock["stages"].values():
         for out in stage.get("outs", []):
             if out["path"] == rel:
@@ -182,9 +184,7 @@ def dir_manifest_entry(repo: Path, rel_file: str) -> str:
     """
     import json
 
-    import yaml
-
-    lock = yaml.safe_load((Path(repo) / "dvc.lock").read_text())
+    lock = _read_lock(repo)
     outs = {
         out["path"]: out["md5"]
         for stage in lock["stages"].values()

@@ -2,7 +2,7 @@
 
     python -m benchmarks.gpu_job prepare --tokenizer-model .gpu/tokenizer.model.v1
     python -m benchmarks.gpu_job run --out $OUT/packed                       # sample, format, train, evaluate
-    python -m benchmarks.gpu_job run --out $OUT/unpacked --stages train --reuse-data build/gpu-job/packed \
+    python -m benchmarks.gpu_job run --out $OUT/unpacked --stages train --reuse-data /tmp/gpu-job/packed \
         --set train.packing=false ...
     python -m benchmarks.gpu_job plot $OUT/packed $OUT/unpacked --out benchmarks/loss_curves.png
 
@@ -28,6 +28,9 @@ REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "build" / "offline-models"
 DATA = REPO / "build" / "gpu-bench" / "alpaca_length.jsonl"
 PROFILE = REPO / "profiles" / "gpu-benchmark.yaml"
+# Outside any git repository: DVCLive looks for one and fails in a repository without commits (the copy of
+# the working tree on the GPU machine is one).
+WORKSPACES = Path("/tmp/gpu-job")
 STAGE_COMMANDS = {  # as in dvc.yaml
     "sample": ["-m", "stages.sample", "--out", "data/sampled"],
     "format": ["-m", "stages.format", "--sampled", "data/sampled", "--out", "data/formatted"],
@@ -127,7 +130,8 @@ def run(out: Path, workspace: Path, stages: list[str], overrides: list[str], reu
     summary["total_wall_s"] = round(time.perf_counter() - total, 1)
     for source, name in (("models/adapter/metadata.json", "metadata.json"), ("reports/metrics.json", "metrics.json"),
                          ("data/formatted/stats.json", "format_stats.json"),
-                         ("reports/train/plots/metrics/train/loss.tsv", "loss.tsv"),
+                         ("reports/train/plots/metrics/loss.tsv", "loss.tsv"),
+                         ("reports/train/plots/metrics/learning_rate.tsv", "learning_rate.tsv"),
                          ("reports/generations.md", "generations.md")):
         if (workspace / source).is_file():
             shutil.copyfile(workspace / source, out / name)
@@ -187,7 +191,7 @@ def main() -> None:
     if args.command == "prepare":
         prepare(args.tokenizer_model, [p for p in args.presets.split(",") if p])
     elif args.command == "run":
-        workspace = args.workspace or REPO / "build" / "gpu-job" / args.out.name
+        workspace = args.workspace or WORKSPACES / args.out.name
         run(args.out, workspace, [s for s in args.stages.split(",") if s], args.overrides, args.reuse_data)
     else:
         plot(args.runs, args.labels.split(","), args.out)

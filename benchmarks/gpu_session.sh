@@ -1,53 +1,63 @@
 #!/usr/bin/env bash
-# The GPU measurements of BENCHMARKS.md, in two commands of at most 10 minutes each (device/README.md).
+# The GPU measurements of BENCHMARKS.md, in commands of at most 10 minutes each (device/README.md).
 # On the GPU machine, after unpacking the wheel bundle (../shared/gpu/make-bundle.sh prints the line):
-#   bash benchmarks/gpu_session.sh bench    # train-step benchmark, both backends; packing checks on the GPU
-#   bash benchmarks/gpu_session.sh job      # the whole seed job, stage by stage; packed vs unpacked curves
-# Results go to $OUT (default build/gpu-out) as one .tgz per phase plus its log.
+#   bash benchmarks/gpu_session.sh bench checks   # train-step benchmark; packing checks on the GPU
+#   bash benchmarks/gpu_session.sh job pair       # the whole seed job, stage by stage; packed vs unpacked curves
+# Phases: bench (benchmarks.train_step, backends from $BENCH_BACKENDS), checks (benchmarks.packing_check:
+# Unsloth and hf on the 7B geometry, Unsloth on the tiny model), job (sample, format, train, evaluate with
+# profiles/gpu-benchmark.yaml), pair (20 optimizer steps packed and unpacked from the same seed, and the plot).
+# Results go to $OUT (default build/gpu-out): one .tgz plus the log.
 # MODEL / PRESETS / JOB_SET / BENCH_ARGS override the model and profile for a CPU dry run with offline:tiny-mistral.
 set -uo pipefail
-phase=${1:?usage: gpu_session.sh bench|job}
+[ $# -gt 0 ] || { echo "usage: gpu_session.sh bench|checks|job|pair ..."; exit 2; }
 OUT=${OUT:-build/gpu-out}
 MODEL=${MODEL:-build/offline-models/mistral-7b-geometry-seed0-bnb4}
 PRESETS=${PRESETS:-mistral-7b-geometry,tiny-mistral}
 JOB_SET=${JOB_SET:-}
 BENCH_ARGS=${BENCH_ARGS:-}
-results=build/gpu-results/$phase
+BENCH_BACKENDS=${BENCH_BACKENDS:-unsloth,hf}
+name=$(IFS=-; echo "$*")
+results=build/gpu-results/$name
 mkdir -p "$OUT" "$results"
-exec > >(tee "$OUT/$phase.log") 2>&1
+exec > >(tee "$OUT/$name.log") 2>&1
 started=$SECONDS
 step() { echo "=== [$((SECONDS - started)) s] $*"; "$@"; echo "=== rc=$? after $((SECONDS - started)) s"; }
+set_args=(); for kv in $JOB_SET; do set_args+=(--set "$kv"); done
 
 date -u +"%Y-%m-%dT%H:%M:%SZ"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
 step python3 -m benchmarks.gpu_job prepare --tokenizer-model .gpu/tokenizer.model.v1 --presets "$PRESETS"
 
-if [ "$phase" = bench ]; then
-  step python3 -m benchmarks.train_step --model "$MODEL" --out "$results/train_step.json" $BENCH_ARGS
-  for backend in unsloth hf; do
-    step python3 -m benchmarks.packing_check --backend $backend --model "$MODEL" --synthetic-rows 400 \
-      --out "$results/packing_${backend}_7b.json"
-  done
-  step python3 -m benchmarks.packing_check --backend unsloth --model offline:tiny-mistral --synthetic-rows 400 \
-    --out "$results/packing_unsloth_tiny.json"
-elif [ "$phase" = job ]; then
-  set_args=(); for kv in $JOB_SET; do set_args+=(--set "$kv"); done
-  step python3 -m benchmarks.gpu_job run --out "$results/packed" "${set_args[@]}"
-  # Same seed and ~80 examples per optimizer step in both: packed rows of 2048 (~10 examples each) x batch 2
-  # x accumulation 4, against 16 padded examples x accumulation 5. 20 steps each, the same schedule.
-  if [ $((SECONDS - started)) -lt 380 ]; then
+for phase in "$@"; do
+  case $phase in
+  bench)
+    step python3 -m benchmarks.train_step --model "$MODEL" --backends "$BENCH_BACKENDS" \
+      --out "$results/train_step.json" $BENCH_ARGS ;;
+  checks)
+    for backend in unsloth hf; do
+      step python3 -m benchmarks.packing_check --backend $backend --model "$MODEL" --synthetic-rows 400 \
+        --out "$results/packing_${backend}_7b.json"
+    done
+    step python3 -m benchmarks.packing_check --backend unsloth --model offline:tiny-mistral --synthetic-rows 400 \
+      --out "$results/packing_unsloth_tiny.json" ;;
+  job)
+    step python3 -m benchmarks.gpu_job run --out "$results/packed" "${set_args[@]}" ;;
+  pair)
+    # Same seed and ~80 examples per optimizer step in both: packed rows of 2048 (~10 examples each) x batch 2
+    # x accumulation 4, against 16 padded examples x accumulation 5. 20 steps each, the same schedule.
+    [ -d /tmp/gpu-job/packed/data/formatted ] || step python3 -m benchmarks.gpu_job run --out "$results/data" \
+      --workspace /tmp/gpu-job/packed --stages sample,format "${set_args[@]}"
     step python3 -m benchmarks.gpu_job run --out "$results/packed20" --stages train \
-      --reuse-data build/gpu-job/packed "${set_args[@]}" --set train.max_steps=20
+      --reuse-data /tmp/gpu-job/packed "${set_args[@]}" --set train.max_steps=20
     step env UNSLOTH_DISABLE_AUTO_PADDING_FREE=1 python3 -m benchmarks.gpu_job run --out "$results/unpacked20" \
-      --stages train --reuse-data build/gpu-job/packed "${set_args[@]}" --set train.max_steps=20 \
+      --stages train --reuse-data /tmp/gpu-job/packed "${set_args[@]}" --set train.max_steps=20 \
       --set train.packing=false --set train.batch_size=16 --set train.gradient_accumulation_steps=5
     step python3 -m benchmarks.gpu_job plot "$results/packed20" "$results/unpacked20" \
       --labels "packed (2 rows of 2048 x accum 4),unpacked (16 padded rows x accum 5)" \
-      --out "$results/loss_curves.png"
-  else
-    echo "skipping the 20-step packed/unpacked pair: $((SECONDS - started)) s used"
-  fi
-fi
-tar czf "$OUT/$phase.tgz" -C build/gpu-results "$phase"
+      --out "$results/loss_curves.png" ;;
+  *) echo "unknown phase $phase" ;;
+  esac
+done
+tar czf "$OUT/$name.tgz" -C build/gpu-results "$name"
 echo "=== done in $((SECONDS - started)) s"

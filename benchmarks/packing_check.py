@@ -30,7 +30,7 @@ from typing import Any
 
 def packed_batches(model, tokenizer, rows: list[dict[str, Any]], *, max_length: int, batch_size: int,
                    seed: int = 3407):
-    """The trainer's own packed batches (an iterator) and the packing switches that were in effect."""
+    """The trainer's own packed batches (an iterator), the packing switches in effect, and the trainer."""
     import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -46,7 +46,7 @@ def packed_batches(model, tokenizer, rows: list[dict[str, Any]], *, max_length: 
     effective = {"packing": bool(trainer.args.packing),
                  "padding_free": bool(getattr(trainer, "padding_free", False)),
                  "attn_implementation": str(getattr(model.config, "_attn_implementation", None))}
-    return iter(trainer.get_train_dataloader()), effective
+    return iter(trainer.get_train_dataloader()), effective, trainer
 
 
 def _summed_loss(model, input_ids, labels, **kwargs) -> tuple[float, int]:
@@ -137,7 +137,7 @@ def main() -> None:
         from alpaca_qlora.data import read_jsonl
 
         rows = read_jsonl(args.formatted / "train.jsonl")[:args.rows]
-    batches, effective = packed_batches(model, tokenizer, rows, max_length=model_params["max_seq_length"],
+    batches, effective, _ = packed_batches(model, tokenizer, rows, max_length=model_params["max_seq_length"],
                                         batch_size=train_params["batch_size"], seed=train_params["seed"])
     results = compare_packed_to_alone(model, next(batches), max_examples=args.max_examples)
     report = {"backend": backend, "model": model_params["name"], "effective": effective,

@@ -16,6 +16,12 @@ Modes:
 - `padded_b16`: 16 Alpaca rows padded to the longest.
 - `packed`: the train stage's packing: batches from TRL's SFTTrainer dataloader (bfd packing into rows of
   max_seq_length, batch 2, padding-free collator, plus Unsloth's packed lengths on a GPU).
+- `packed_unseparated`: the same batches with position ids 0..N-1 and no per-example lengths, so attention
+  is one causal pass over the whole row. Wrong math (examples see each other): a timing reference only,
+  whose difference to `packed` is the cost of keeping examples apart.
+
+Gradient checkpointing is switched on the way Trainer.train() does it (SFTConfig's default), so the
+activation memory and the recomputation are those of the train stage.
 
 Each backend runs in its own process, because importing Unsloth patches transformers for the whole
 process. Ratios are to the `unsloth` `full_row` step of the same run. On a CPU the timings mean nothing;
@@ -32,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-MODES = ("full_row", "padded_b2", "padded_b16", "packed")
+MODES = ("full_row", "padded_b2", "padded_b16", "packed", "packed_unseparated")
 
 
 class PackingOff(RuntimeError):
@@ -55,6 +61,8 @@ def padded_batch(rows: list[dict[str, Any]], pad_token_id: int) -> dict:
 
 def real_tokens(batch: dict) -> int:
     """Tokens that are not padding: the attention mask's sum, else every token of a padding-free row."""
+    if "real_tokens" in batch:
+        return batch["real_tokens"]
     if "attention_mask" in batch:
         return int(batch["attention_mask"].sum())
     if "packed_seq_lengths" in batch:
@@ -74,11 +82,16 @@ def batches_for(mode: str, *, rows, tokenizer, max_length: int, count: int, seed
         size = int(mode[len("padded_b"):])
         for i in range(count):
             yield padded_batch(rows[i * size:(i + 1) * size], tokenizer.pad_token_id)
-    elif mode == "packed":
+    elif mode in ("packed", "packed_unseparated"):
         if not packed["effective"]["packing"]:  # Unsloth on a CPU: padded batches instead, nothing to measure
             raise PackingOff(f"packing was turned off by the libraries: {packed['effective']}")
         for _ in range(count):
-            yield next(packed["batches"])
+            batch = next(packed["batches"])
+            if mode == "packed_unseparated":
+                batch = {k: v for k, v in batch.items() if k != "packed_seq_lengths"}
+                batch["position_ids"] = torch.arange(batch["input_ids"].shape[1]).unsqueeze(0)
+                batch["real_tokens"] = batch["input_ids"].numel()
+            yield batch
     else:
         raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
 
@@ -95,10 +108,11 @@ def measure(model, optimizer, batches, *, warmup: int, steps: int) -> dict[str, 
     times, tokens, losses = [], [], []
     for index, batch in enumerate(batches):
         batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+        inputs = {k: v for k, v in batch.items() if k != "real_tokens"}
         if cuda:
             torch.cuda.synchronize()
         started = time.perf_counter()
-        loss = model(**batch).loss
+        loss = model(**inputs).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -138,8 +152,15 @@ def run_backend(backend: str, args) -> dict[str, Any]:
     rows = make_token_rows(args.rows, vocab_size=len(tokenizer), seed=0)
     # Built before the optimizer: SFTTrainer casts a quantized model's LoRA weights to bf16 (QLoRA practice),
     # so every mode then trains the same bf16 adapters the train stage trains.
-    batches, effective = packed_batches(model, tokenizer, rows, max_length=args.max_length, batch_size=2, seed=0)
+    batches, effective, trainer = packed_batches(model, tokenizer, rows, max_length=args.max_length, batch_size=2,
+                                                 seed=0)
     packed = {"batches": batches, "effective": effective}
+    if trainer.args.gradient_checkpointing:  # as Trainer.train() does before its first step
+        gc_kwargs = dict(trainer.args.gradient_checkpointing_kwargs or {})
+        every_n_layers, offload = gc_kwargs.pop("every_n_layers", 1), gc_kwargs.pop("offload", False)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs or None,
+                                            every_n_layers=every_n_layers, offload=offload)
+    effective["gradient_checkpointing"] = bool(getattr(model, "is_gradient_checkpointing", False))
     trainable = [p for p in model.parameters() if p.requires_grad]
     if torch.cuda.is_available():
         import bitsandbytes as bnb
@@ -169,7 +190,7 @@ def table(results: list[dict[str, Any]]) -> str:
     lines = ["| backend | mode | real tokens/step | step (median) | real tokens/s | vs unsloth full_row | peak GiB |",
              "|---|---|---|---|---|---|---|"]
     for result in results:
-        for mode, m in result["modes"].items():
+        for mode, m in ((mode, result["modes"][mode]) for mode in MODES if mode in result["modes"]):
             if "skipped" in m:
                 lines.append(f"| {result['backend']} | {mode} | skipped: {m['skipped']} ||||| ")
                 continue

@@ -28,5 +28,8 @@ def test_metrics_are_declared_at_the_top_level_for_dvc(reproduced_workspace):
     from tests.conftest import run_dvc
 
     shown = json.loads(run_dvc(reproduced_workspace, "metrics", "show", "--json"))
-    metrics = shown["workspace"]["data"]["reports/metrics.json"]["data"]
-    assert metrics["eval_loss"] < metrics["base_eval_loss"]
+    (workspace,) = shown.values()  # DVC 3.67 keys the workspace as ""
+    files = workspace["data"]
+    assert set(files) == {"reports/metrics.json", "reports/train/metrics.json"}
+    metrics = files["reports/metrics.json"]["data"]
+    assert metrics["eval_loss"] < metrics["base_eval_loss"] and files["reports/train/metrics.json"]["data"]["step"] == 100

@@ -43,7 +43,7 @@ def test_yaml_1_2_reads_scientific_notation_as_float(tmp_path):
 
 @pytest.mark.parametrize("old, new, message", [
     ("  r: 16", "  r: sixteen", "key 'lora.r' must be int"),
-    ("  packing: false", "  packing: 1", "key 'train.packing' must be bool"),
+    ("  packing: true", "  packing: 1", "key 'train.packing' must be bool"),
     ("  backend: unsloth", "  backend: deepspeed", "key 'train.backend' must be one of unsloth, hf"),
     ("  epochs: 1", "  epochs: 1\n  epochz: 2", "unknown key(s) train.epochz"),
     ("  seed: 3407\n\nmodel", "\nmodel", "key 'data.seed' is missing"),

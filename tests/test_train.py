@@ -34,6 +34,8 @@ def test_adapter_is_safetensors_with_its_config_tokenizer_and_metadata(reproduce
     assert results["real_tokens"] == 53020, "one epoch over 800 rows = every real token once"
     assert results["real_tokens_per_s"] > 0 and results["peak_cpu_rss_gib"] > 0
     assert meta["effective"]["optimizer"] and meta["effective"]["device"]["type"] == "cpu"
+    assert meta["params"]["train"]["packing"] is True and meta["effective"]["packing"] is False, \
+        "Unsloth turns packing off on a CPU, and the metadata says what actually ran"
 
 
 def test_training_curves_go_to_dvclive(reproduced_workspace):

@@ -6,7 +6,6 @@ offline-profile workspace and on the small stand-in project.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -14,6 +13,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from alpaca_qlora.metadata import file_sha256
 
 #: Outputs the sharing tests rely on by name (the full list is read from each repo's dvc.lock).
 EXPECTED_OUTPUTS = ("data/sampled", "data/formatted", "models/adapter", "reports/metrics.json")
@@ -91,12 +92,7 @@ def git(repo: Path, *args: str, **kwargs) -> Result:
     return run(["git", *args], repo, **kwargs)
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+sha256 = file_sha256
 
 
 def digest_tree(repo: Path, rel: str) -> dict[str, str]:

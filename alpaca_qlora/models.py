@@ -34,12 +34,18 @@ def load_for_training(backend: str, model_params: dict[str, Any], lora_params: d
     return model, ensure_pad_token(tokenizer)
 
 
+def _unsloth_base_model(path: str, model_params: dict[str, Any]):
+    from unsloth import FastLanguageModel
+
+    return FastLanguageModel.from_pretrained(
+        model_name=path, max_seq_length=model_params["max_seq_length"], dtype=None,
+        load_in_4bit=model_params["load_in_4bit"])
+
+
 def _unsloth_for_training(path, model_params, lora_params, seed):
     from unsloth import FastLanguageModel
 
-    model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=path, max_seq_length=model_params["max_seq_length"], dtype=None,
-        load_in_4bit=model_params["load_in_4bit"])
+    model, tokenizer = _unsloth_base_model(path, model_params)
     model = FastLanguageModel.get_peft_model(
         model, **lora_kwargs(lora_params), use_gradient_checkpointing="unsloth", random_state=seed,
         max_seq_length=model_params["max_seq_length"])
@@ -81,9 +87,7 @@ def load_base_for_evaluation(backend: str, model_params: dict[str, Any]):
     if backend == "unsloth":
         from unsloth import FastLanguageModel
 
-        model, tokenizer = FastLanguageModel.from_pretrained(
-            model_name=path, max_seq_length=model_params["max_seq_length"], dtype=None,
-            load_in_4bit=model_params["load_in_4bit"])
+        model, tokenizer = _unsloth_base_model(path, model_params)
         FastLanguageModel.for_inference(model)
     else:
         model, tokenizer = _hf_base_model(path, model_params)

@@ -16,7 +16,7 @@ TRAIN_LOG_DIR = "reports/train"
 
 def resolve_wandb_mode(param_mode: str, *, probe_timeout_s: float = 3.0) -> str:
     mode = os.environ.get("WANDB_MODE", param_mode).strip().lower()
-    if mode in {"dryrun"}:
+    if mode == "dryrun":  # W&B's older name for offline
         mode = "offline"
     if mode not in {"disabled", "offline", "online"}:
         raise ValueError(f"WANDB_MODE / train.wandb_mode must be disabled, offline or online, got {mode!r}")

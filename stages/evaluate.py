@@ -56,7 +56,7 @@ def main() -> None:
 
 
 def write_generations_report(path: Path, rows, base_texts, tuned_texts, model_name: str) -> None:
-    lines = [f"# Greedy generations on held-out prompts\n",
+    lines = ["# Greedy generations on held-out prompts\n",
              f"Base model `{model_name}`; the first {len(rows)} rows of data/formatted/eval.jsonl.\n"]
     for row, base_text, tuned_text in zip(rows, base_texts, tuned_texts):
         reference = row["completion"]

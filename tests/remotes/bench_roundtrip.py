@@ -16,7 +16,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from .dvcrepo import ADAPTER, clone, copy_repo, digest_tree, dvc, make_origin
+from .dvcrepo import ADAPTER, colleague_clone, digest_tree, dvc
+from .dvcrepo import gpu_box as make_gpu_box
 from .remotes import REMOTE_KINDS, new_remote
 from .servers import MotoS3Server, SSHServer
 from .standin import make_standin_project
@@ -26,11 +27,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def round_trip(project: Path, kind: str, scratch: Path, ssh, s3) -> tuple[float, float]:
     remote = new_remote(kind, scratch, ssh=ssh, s3=s3)
-    gpu_box = copy_repo(project, scratch / "gpu-box")
-    make_origin(gpu_box, scratch / "origin.git")
+    gpu_box = make_gpu_box(project, scratch)
     remote.configure(gpu_box)
     push = dvc(gpu_box, "push", ADAPTER)
-    colleague = clone(scratch / "origin.git", scratch / "colleague")
+    colleague = colleague_clone(scratch)
     remote.configure(colleague)
     pull = dvc(colleague, "pull", ADAPTER)
     if digest_tree(colleague, ADAPTER) != digest_tree(gpu_box, ADAPTER):

@@ -167,6 +167,18 @@ def clone(origin: Path, dest: Path) -> Path:
     return Path(dest)
 
 
+def gpu_box(source: Path, scratch: Path) -> Path:
+    """The trainer's clone: a copy of ``source`` at scratch/gpu-box, pushing to a bare scratch/origin.git."""
+    repo = copy_repo(source, Path(scratch) / "gpu-box")
+    make_origin(repo, Path(scratch) / "origin.git")
+    return repo
+
+
+def colleague_clone(scratch: Path) -> Path:
+    """A colleague's fresh ``git clone`` of the scratch/origin.git that :func:`gpu_box` made."""
+    return clone(Path(scratch) / "origin.git", Path(scratch) / "colleague")
+
+
 def dvc_cache_files(repo: Path) -> list[Path]:
     cache = Path(repo) / ".dvc" / "cache" / "files"
     return sorted(p for p in cache.rglob("*") if p.is_file()) if cache.exists() else []

@@ -238,21 +238,21 @@ class MotoS3Server:
         return f"s3://{self.bucket}/{prefix.strip('/')}"
 
 
-class SilentTCPServer:
-    """Accepts connections on 127.0.0.1 and never sends a byte.
+class _LoopbackListener:
+    """A TCP listener on a free 127.0.0.1 port that hands each connection to `_handle` on a thread.
 
-    A client without a timeout waits forever on it, as it would on a host
-    behind a firewall that drops packets after the handshake.
+    `_handle` returns the sockets it opened, which are closed when the `with` block ends.
     """
 
     def __init__(self):
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((LOOPBACK, 0))
         self.port = self._sock.getsockname()[1]
-        self._accepted: list[socket.socket] = []
         self._stop = threading.Event()
+        self._conns: list[socket.socket] = []
 
-    def __enter__(self) -> "SilentTCPServer":
+    def __enter__(self):
         self._sock.listen(64)
         self._sock.settimeout(0.2)
         self._thread = threading.Thread(target=self._accept_forever, daemon=True)
@@ -265,17 +265,31 @@ class SilentTCPServer:
                 conn, _ = self._sock.accept()
             except (socket.timeout, OSError):
                 continue
-            self._accepted.append(conn)
+            self._conns += self._handle(conn)
+
+    def _handle(self, conn: socket.socket) -> list[socket.socket]:
+        raise NotImplementedError
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        for conn in self._accepted:
+        for conn in self._conns:
             conn.close()
         self._sock.close()
 
 
-class ThrottlingProxy:
+class SilentTCPServer(_LoopbackListener):
+    """Accepts connections on 127.0.0.1 and never sends a byte.
+
+    A client without a timeout waits forever on it, as it would on a host
+    behind a firewall that drops packets after the handshake.
+    """
+
+    def _handle(self, conn: socket.socket) -> list[socket.socket]:
+        return [conn]
+
+
+class ThrottlingProxy(_LoopbackListener):
     """TCP proxy from 127.0.0.1:``port`` to 127.0.0.1:``target_port``.
 
     Forwards client-to-server bytes at about ``rate`` bytes per second (the
@@ -284,39 +298,22 @@ class ThrottlingProxy:
     """
 
     def __init__(self, target_port: int, *, rate: int):
+        super().__init__()
         self.target_port = target_port
         self.rate = rate
         self.uploaded = 0
         self._lock = threading.Lock()
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((LOOPBACK, 0))
-        self.port = self._sock.getsockname()[1]
-        self._stop = threading.Event()
-        self._conns: list[socket.socket] = []
 
-    def __enter__(self) -> "ThrottlingProxy":
-        self._sock.listen(64)
-        self._sock.settimeout(0.2)
-        self._thread = threading.Thread(target=self._accept_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def _accept_forever(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._sock.accept()
-            except (socket.timeout, OSError):
-                continue
-            try:
-                upstream = socket.create_connection((LOOPBACK, self.target_port), timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            self._conns += [client, upstream]
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+    def _handle(self, client: socket.socket) -> list[socket.socket]:
+        try:
+            upstream = socket.create_connection((LOOPBACK, self.target_port), timeout=5)
+        except OSError:
+            client.close()
+            return []
+        upstream.settimeout(None)
+        threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+        threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+        return [client, upstream]
 
     def _pipe(self, src: socket.socket, dst: socket.socket, throttle: bool) -> None:
         chunk = 16 * 1024
@@ -339,13 +336,6 @@ class ThrottlingProxy:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        for conn in self._conns:
-            conn.close()
-        self._sock.close()
 
 
 def _current_user() -> str:

@@ -8,7 +8,8 @@ import io
 import pytest
 
 from .remotes import REMOTE_KINDS
-from .dvcrepo import ADAPTER, clone, copy_repo, digest_outputs, digest_tree, dvc, git, make_origin
+from .dvcrepo import ADAPTER, colleague_clone, digest_outputs, digest_tree, dvc, git
+from .dvcrepo import gpu_box as make_gpu_box
 
 
 def _only(digests: dict[str, str], prefix: str) -> dict[str, str]:
@@ -20,8 +21,7 @@ def test_pushed_experiment_is_listed_and_applied_on_another_clone(
         kind, experiment_workspace, make_remote, tmp_path):
     exp = experiment_workspace
     remote = make_remote(kind)
-    gpu_box = copy_repo(exp.repo, tmp_path / "gpu-box")
-    make_origin(gpu_box, tmp_path / "origin.git")
+    gpu_box = make_gpu_box(exp.repo, tmp_path)
     remote.configure(gpu_box)
 
     pushed = dvc(gpu_box, "exp", "push", "origin", exp.name)
@@ -29,7 +29,7 @@ def test_pushed_experiment_is_listed_and_applied_on_another_clone(
     refs = git(gpu_box, "ls-remote", "origin", "refs/exps/*").output
     assert refs.strip().endswith(f"/{exp.name}"), f"no experiment ref on the git remote:\n{refs}"
 
-    colleague = clone(tmp_path / "origin.git", tmp_path / "colleague")
+    colleague = colleague_clone(tmp_path)
     remote.configure(colleague)
     listed = dvc(colleague, "exp", "list", "origin").output
     assert exp.name in listed.split(), listed
@@ -58,14 +58,13 @@ def test_run_cache_restores_training_instead_of_rerunning_it(
     """The GPU box shares its run history; a colleague asking for the same params gets the results."""
     exp = experiment_workspace
     remote = make_remote(kind)
-    gpu_box = copy_repo(exp.repo, tmp_path / "gpu-box")
-    make_origin(gpu_box, tmp_path / "origin.git")
+    gpu_box = make_gpu_box(exp.repo, tmp_path)
     remote.configure(gpu_box)
     # Main's results (committed) and the experiment's (in the workspace), plus the run history.
     dvc(gpu_box, "push", "--all-branches", "--run-cache")
     assert any(rel.startswith("runs/") for rel in remote.objects()), "no run-cache entry on the remote"
 
-    colleague = clone(tmp_path / "origin.git", tmp_path / "colleague")
+    colleague = colleague_clone(tmp_path)
     remote.configure(colleague)
     dvc(colleague, "pull", "--run-cache")
     assert digest_outputs(colleague) == exp.baseline, "the colleague starts from main's results"

@@ -25,7 +25,7 @@ from .dvcrepo import (
     ADAPTER,
     ADAPTER_WEIGHTS,
     DVC,
-    clone,
+    colleague_clone,
     command_env,
     copy_repo,
     dir_manifest_entry,
@@ -34,22 +34,16 @@ from .dvcrepo import (
     dvc_cache_files,
     lock_out_md5,
     lock_outputs,
-    make_origin,
     object_relpath,
     pushed_count,
 )
+from .dvcrepo import gpu_box as make_gpu_box
 from .servers import SilentTCPServer, ThrottlingProxy, free_port
 
 #: Connection timeouts the tests configure, and how long a failure may take at most with them.
 SSH_TIMEOUT_S = 5
 S3_TIMEOUT_S = 1
 FAIL_WITHIN_S = 60
-
-
-def _gpu_box(team_workspace: Path, tmp_path: Path) -> Path:
-    repo = copy_repo(team_workspace, tmp_path / "gpu-box")
-    make_origin(repo, tmp_path / "origin.git")
-    return repo
 
 
 def _cache_objects(repo: Path) -> set[str]:
@@ -108,8 +102,8 @@ def test_unreachable_remote_fails_within_the_configured_timeout(
 def test_pull_from_an_unmounted_directory_remote_names_every_missing_output(team_workspace, make_remote, tmp_path):
     """A directory remote whose NFS share is not mounted looks empty: the pull says what it lacks."""
     remote = make_remote("local")
-    gpu_box = _gpu_box(team_workspace, tmp_path)
-    colleague = clone(tmp_path / "origin.git", tmp_path / "colleague")
+    gpu_box = make_gpu_box(team_workspace, tmp_path)
+    colleague = colleague_clone(tmp_path)
     remote.configure(colleague)  # nothing was ever pushed there: the path does not even exist
     assert not remote.path.exists()
 
@@ -165,7 +159,7 @@ BAD_CREDENTIALS = [
 def test_bad_credentials_are_refused_with_the_servers_reason(
         kind, mistake, words, team_workspace, make_remote, tmp_path):
     remote = make_remote(kind)
-    gpu_box = _gpu_box(team_workspace, tmp_path)
+    gpu_box = make_gpu_box(team_workspace, tmp_path)
     if mistake == "wrong_key":
         remote.configure(gpu_box, keyfile=str(remote.ssh.wrong_key))
     elif mistake == "wrong_secret":
@@ -233,7 +227,7 @@ def _kill_push_through_slow_link(gpu_box: Path, remote, total_bytes: int) -> tup
 @pytest.mark.parametrize("kind", REMOTE_KINDS)
 def test_push_killed_half_way_completes_when_run_again(kind, team_workspace, make_remote, tmp_path):
     remote = make_remote(kind)
-    gpu_box = _gpu_box(team_workspace, tmp_path)
+    gpu_box = make_gpu_box(team_workspace, tmp_path)
     remote.configure(gpu_box)
     expected = _cache_objects(gpu_box)
     sizes = [p.stat().st_size for p in dvc_cache_files(gpu_box)]
@@ -258,7 +252,7 @@ def test_push_killed_half_way_completes_when_run_again(kind, team_workspace, mak
     )
     assert remote.data_objects() == expected, "the remote is still incomplete after the second push"
 
-    colleague = clone(tmp_path / "origin.git", tmp_path / "colleague")
+    colleague = colleague_clone(tmp_path)
     remote.configure(colleague)
     dvc(colleague, "pull")
     assert digest_outputs(colleague) == digest_outputs(gpu_box), "pulled outputs differ from the pushed ones"
@@ -274,14 +268,14 @@ def test_push_killed_half_way_completes_when_run_again(kind, team_workspace, mak
 def test_pull_with_an_object_missing_names_it_and_writes_no_partial_output(
         kind, team_workspace, make_remote, tmp_path):
     remote = make_remote(kind)
-    gpu_box = _gpu_box(team_workspace, tmp_path)
+    gpu_box = make_gpu_box(team_workspace, tmp_path)
     remote.configure(gpu_box)
     dvc(gpu_box, "push")
     pushed = digest_outputs(gpu_box)
     weights_md5 = dir_manifest_entry(gpu_box, ADAPTER_WEIGHTS)
     remote.delete(object_relpath(weights_md5))  # e.g. a botched manual clean-up of the bucket
 
-    colleague = clone(tmp_path / "origin.git", tmp_path / "colleague")
+    colleague = colleague_clone(tmp_path)
     remote.configure(colleague)
     pull = dvc(colleague, "pull", check=False)
 

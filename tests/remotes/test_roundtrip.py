@@ -8,22 +8,20 @@ from .conftest import TIMINGS
 from .remotes import REMOTE_KINDS
 from .dvcrepo import (
     ADAPTER,
-    clone,
-    copy_repo,
+    colleague_clone,
     digest_outputs,
     digest_tree,
     dvc,
     dvc_cache_files,
-    make_origin,
     pushed_count,
 )
+from .dvcrepo import gpu_box as make_gpu_box
 
 
 @pytest.mark.parametrize("kind", REMOTE_KINDS)
 def test_fresh_clone_pulls_identical_outputs_and_reruns_nothing(kind, team_workspace, make_remote, tmp_path):
     remote = make_remote(kind)
-    gpu_box = copy_repo(team_workspace, tmp_path / "gpu-box")
-    make_origin(gpu_box, tmp_path / "origin.git")
+    gpu_box = make_gpu_box(team_workspace, tmp_path)
     remote.configure(gpu_box)
     pushed = digest_outputs(gpu_box)
     adapter = digest_tree(gpu_box, ADAPTER)
@@ -38,7 +36,7 @@ def test_fresh_clone_pulls_identical_outputs_and_reruns_nothing(kind, team_works
     )
     assert remote.data_objects() == {p.relative_to(gpu_box / ".dvc" / "cache").as_posix() for p in cache}
 
-    colleague = clone(tmp_path / "origin.git", tmp_path / "colleague")
+    colleague = colleague_clone(tmp_path)
     remote.configure(colleague)
     assert digest_outputs(colleague) == {}, "a fresh git clone must not hold DVC outputs yet"
     pull_adapter = dvc(colleague, "pull", ADAPTER)

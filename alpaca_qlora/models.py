@@ -45,6 +45,9 @@ def _unsloth_base_model(path: str, model_params: dict[str, Any]):
 def _unsloth_for_training(path, model_params, lora_params, seed):
     from unsloth import FastLanguageModel
 
+    from alpaca_qlora.packed_attention import enable_unsloth_packed_flash_attention
+
+    enable_unsloth_packed_flash_attention()
     model, tokenizer = _unsloth_base_model(path, model_params)
     model = FastLanguageModel.get_peft_model(
         model, **lora_kwargs(lora_params), use_gradient_checkpointing="unsloth", random_state=seed,

@@ -43,6 +43,7 @@ def main() -> None:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    from alpaca_qlora import packed_attention
     from alpaca_qlora.data import read_json, read_jsonl, write_json
     from alpaca_qlora.metadata import (device_description, file_sha256, library_versions, peak_memory_gib)
     from alpaca_qlora.models import compute_dtype, load_for_training
@@ -90,6 +91,7 @@ def main() -> None:
             "padding_free": bool(getattr(trainer.args, "padding_free", False)),
             "completion_only_loss": trainer.args.completion_only_loss, "dtype": str(dtype),
             "device": device_description(), "global_steps": result.global_step,
+            "packed_attention": packed_attention.STATUS,
         },
         "results": {
             "train_loss": round(result.training_loss, 6), "train_runtime_s": round(train_seconds, 2),

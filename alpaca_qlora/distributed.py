@@ -29,8 +29,8 @@ RENDEZVOUS_ENV = ("PET_NNODES", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_
                   "PET_RDZV_ENDPOINT", "PET_RDZV_ID")
 # Set by torchrun and `accelerate launch` in every worker they start.
 WORKER_ENV = ("LOCAL_RANK", "WORLD_SIZE")
-# Debug hook of the CPU test: a folder where each rank appends what it trained on (see record_batch).
-SHARD_LOG_ENV = "ALPACA_QLORA_SHARD_LOG"
+# Debug / benchmark hook: a folder where each rank appends what it trained on, and when (see record_batch).
+BATCH_LOG_ENV = "ALPACA_QLORA_BATCH_LOG"
 
 
 class LaunchError(RuntimeError):
@@ -53,6 +53,19 @@ def world_size(environ: Mapping[str, str] = os.environ) -> int:
 def is_main_process(environ: Mapping[str, str] = os.environ) -> bool:
     """Global rank 0: the one process that writes the adapter, the metadata and the DVCLive / W&B logs."""
     return rank(environ) == 0
+
+
+def bind_device(environ: Mapping[str, str] = os.environ) -> None:
+    """Make this worker's GPU, cuda:LOCAL_RANK, the current device before anything touches CUDA.
+
+    The model is loaded there (alpaca_qlora.models; Unsloth does the same), and kernels launched on the
+    current device (Triton's, bitsandbytes') must find their tensors on it, also before the Trainer's
+    accelerate state would set it.
+    """
+    import torch
+
+    if is_worker(environ) and torch.cuda.is_available():
+        torch.cuda.set_device(int(environ["LOCAL_RANK"]))
 
 
 def check_worker(num_processes: int, environ: Mapping[str, str] = os.environ) -> None:
@@ -147,8 +160,9 @@ def is_filler(feature: Mapping[str, Any]) -> bool:
 
 def example_spans(feature: Mapping[str, Any]) -> list[list[int]]:
     """The examples inside one training row: a packed row split at its seq_lengths, else the row itself."""
-    ids = list(feature["input_ids"])
-    lengths = feature.get("seq_lengths") or [len(ids)]
+    ids = [int(token) for token in feature["input_ids"]]
+    lengths = feature.get("seq_lengths")
+    lengths = [len(ids)] if lengths is None or len(lengths) == 0 else [int(n) for n in lengths]
     spans, start = [], 0
     for length in lengths:
         spans.append(ids[start:start + length])
@@ -164,35 +178,47 @@ def example_key(token_ids: Sequence[int]) -> str:
 
 
 def record_batch(features: Sequence[Mapping[str, Any]], environ: Mapping[str, str] = os.environ) -> None:
-    """Debug hook, on when ALPACA_QLORA_SHARD_LOG names a folder: append this rank's batch to rank<R>.txt.
+    """Debug and benchmark hook, on when ALPACA_QLORA_BATCH_LOG names a folder: log this rank's batch.
 
-    One line per batch: the fingerprints of the real examples in it (packed rows split into their
-    examples), then "fillers=<n>". tests/test_distributed.py reads the files of all ranks to prove that an
-    epoch trains every example exactly once.
+    Appends one JSON line per micro-batch to <folder>/rank<R>.jsonl: the wall time at collation ("t"),
+    the real tokens ("tokens"), the fingerprints of the real examples (packed rows split into their
+    examples) and the number of filler rows. tests/test_distributed.py reads the files of all ranks to
+    prove that an epoch trains every example exactly once; benchmarks/ddp_scaling.py reads the times and
+    tokens for a steady-state throughput that leaves out model load and warm-up.
     """
-    folder = environ.get(SHARD_LOG_ENV)
+    folder = environ.get(BATCH_LOG_ENV)
     if not folder:
         return
+    import json
+    import time
+
     real = [f for f in features if not is_filler(f)]
-    keys = [example_key(span) for f in real for span in example_spans(f)]
+    line = {"t": time.time(), "tokens": sum(len(f["input_ids"]) for f in real),
+            "examples": [example_key(span) for f in real for span in example_spans(f)],
+            "fillers": len(features) - len(real)}
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, f"rank{rank(environ)}.txt"), "a", encoding="utf-8") as handle:
-        handle.write(" ".join(keys + [f"fillers={len(features) - len(real)}"]) + "\n")
+    with open(os.path.join(folder, f"rank{rank(environ)}.jsonl"), "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(line) + "\n")
 
 
-def replica_divergence(model, accelerator) -> float:
-    """Largest relative difference, across ranks, of a checksum of the trainable weights after training.
+def replica_divergence(model) -> float:
+    """Largest difference of any trainable weight between rank 0 and any other rank, after training.
 
-    DDP all-reduces the gradients, so every rank applies the same update to the same initial LoRA weights
-    and the replicas stay equal (bit for bit with gloo and NCCL, whose all-reduce hands every rank the same
-    result). Replicas that trained on their own shard without synchronization drift apart at once, so this
-    proves that the run was data parallel rather than N independent single-device runs.
+    DDP all-reduces the gradients, so every rank applies the same update to the same initial LoRA weights,
+    and the replicas stay equal bit for bit (gloo's and NCCL's all-reduce hand every rank the same result).
+    Replicas that trained each on its own shard without synchronization differ by about a learning-rate
+    step in most weights. So 0 proves that the run was data parallel rather than N independent runs.
+    Costs one broadcast of the adapter (~170 MB for the 7B LoRA), once.
     """
     import torch
+    import torch.distributed as dist
 
-    weights = [p.detach().double() for p in model.parameters() if p.requires_grad]
-    checksum = torch.stack([torch.stack([w.sum() for w in weights]).sum(),
-                            torch.stack([w.abs().sum() for w in weights]).sum()]).to(accelerator.device)
-    every = accelerator.gather(checksum.unsqueeze(0)).reshape(-1, 2)
-    spread = (every.max(dim=0).values - every.min(dim=0).values) / every.abs().max(dim=0).values.clamp(min=1e-30)
-    return float(spread.max())
+    largest = torch.zeros((), dtype=torch.float64)
+    for weight in (p.detach() for p in model.parameters() if p.requires_grad):
+        reference = weight.clone()
+        dist.broadcast(reference, src=0)
+        largest = torch.maximum(largest, (weight.double() - reference.double()).abs().max().cpu())
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    largest = largest.to(device)
+    dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+    return float(largest)

@@ -58,6 +58,7 @@ def main() -> None:
     from alpaca_qlora.models import compute_dtype, load_for_training
     from alpaca_qlora.tracking import TRAIN_LOG_DIR, training_callbacks_and_reporters
 
+    distributed.bind_device()
     started = time.perf_counter()
     rows = read_jsonl(args.formatted / "train.jsonl")
     dataset = Dataset.from_list([{"input_ids": r["input_ids"], "completion_mask": r["completion_mask"]}
@@ -101,10 +102,10 @@ def main() -> None:
     if processes > 1:  # every rank counted its own share; the replicas must have stayed in step
         real_tokens = int(trainer.accelerator.reduce(
             torch.tensor(counter.tokens, device=trainer.accelerator.device), reduction="sum"))
-        divergence = distributed.replica_divergence(model, trainer.accelerator)
+        divergence = distributed.replica_divergence(model)
         if divergence > 1e-6:
             raise distributed.LaunchError(
-                f"train: the {processes} processes ended with different LoRA weights (relative spread "
+                f"train: the {processes} processes ended with different LoRA weights (largest difference "
                 f"{divergence:.2e}): gradients were not synchronized, so this was not data-parallel training")
     if not trainer.accelerator.is_main_process:
         return

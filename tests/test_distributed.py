@@ -20,14 +20,10 @@ from tests.conftest import run_dvc, stages_run
 REAL_TOKENS = 53020  # the offline training set's tokens; one process counts the same (tests/test_train.py)
 
 
-def consumed(shard_log, rank: int) -> tuple[list[list[str]], int]:
+def consumed(batch_log, rank: int) -> tuple[list[list[str]], int]:
     """(example fingerprints of each batch, filler rows) that rank `rank` trained on."""
-    batches, fillers = [], 0
-    for line in (shard_log / f"rank{rank}.txt").read_text().splitlines():
-        *keys, filler = line.split()
-        batches.append(keys)
-        fillers += int(filler.removeprefix("fillers="))
-    return batches, fillers
+    lines = [json.loads(line) for line in (batch_log / f"rank{rank}.jsonl").read_text().splitlines()]
+    return [line["examples"] for line in lines], sum(line["fillers"] for line in lines)
 
 
 # hf keeps packing on a CPU: 800 examples -> 223 packed rows, so 1 filler row makes 14 steps of 2 x 8 rows.
@@ -35,9 +31,9 @@ def consumed(shard_log, rank: int) -> tuple[list[list[str]], int]:
 @pytest.mark.parametrize("backend, steps, fillers", [("hf", 14, 1), ("unsloth", 50, 0)])
 def test_two_processes_train_each_example_once_and_rank0_alone_writes(workspace_copy, tmp_path, backend, steps,
                                                                       fillers):
-    shard_log = tmp_path / "shards"
+    batch_log = tmp_path / "batches"
     output = run_dvc(workspace_copy, "exp", "run", "-S", f"train.backend={backend}", "-S", "train.num_processes=2",
-                     env={distributed.SHARD_LOG_ENV: str(shard_log)})
+                     env={distributed.BATCH_LOG_ENV: str(batch_log)})
     assert stages_run(output) == ["train", "evaluate"], "dvc.yaml's train command is unchanged"
     assert "2 data-parallel processes per node through torchrun" in output
     assert output.count("train: loss ") == 1, "rank 0 alone reports"
@@ -62,7 +58,7 @@ def test_two_processes_train_each_example_once_and_rank0_alone_writes(workspace_
 
     rows = (workspace_copy / "data/formatted/train.jsonl").read_text().splitlines()
     dataset = Counter(example_key(json.loads(row)["input_ids"]) for row in rows)
-    (batches0, fillers0), (batches1, fillers1) = consumed(shard_log, 0), consumed(shard_log, 1)
+    (batches0, fillers0), (batches1, fillers1) = consumed(batch_log, 0), consumed(batch_log, 1)
     assert len(batches0) == len(batches1) == steps, "equal step counts on both ranks (else DDP would hang)"
     seen0, seen1 = Counter(k for b in batches0 for k in b), Counter(k for b in batches1 for k in b)
     assert seen0 and seen1 and seen0 + seen1 == dataset, "the epoch holds each of the 800 examples exactly once"
@@ -122,32 +118,23 @@ def test_filler_rows_complete_the_last_batches_and_carry_no_label():
                            num_processes=2, pad_token_id=0)
 
 
-class FakeAccelerator:
-    """Stands in for accelerate's Accelerator on one process: gather() appends the other ranks' tensors."""
+def _divergence_worker(rank: int, init_file: str, drift: float, results) -> None:
+    import torch.distributed as dist
 
-    device = torch.device("cpu")
-
-    def __init__(self, *other_ranks):
-        self.other_ranks, self.sent = other_ranks, None
-
-    def gather(self, tensor):
-        self.sent = tensor
-        return torch.cat([tensor, *self.other_ranks])
-
-
-def checksum_of(model):
-    accelerator = FakeAccelerator()
-    distributed.replica_divergence(model, accelerator)
-    return accelerator.sent
-
-
-def test_replica_divergence_is_zero_for_equal_replicas_and_not_for_drifted_ones():
-    import copy
-
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     torch.manual_seed(0)
-    rank0 = torch.nn.Linear(64, 64)
-    rank1 = copy.deepcopy(rank0)
-    assert distributed.replica_divergence(rank0, FakeAccelerator(checksum_of(rank1))) == 0.0
-    with torch.no_grad():
-        rank1.weight[0, 0] += 1e-3  # one update that the other rank did not make
-    assert distributed.replica_divergence(rank0, FakeAccelerator(checksum_of(rank1))) > 1e-6
+    model = torch.nn.Linear(16, 16)  # the same initial weights on both ranks, like a seeded LoRA init
+    if rank == 1:
+        with torch.no_grad():
+            model.weight[3, 5] += drift  # an update rank 0 did not make
+    results[rank] = distributed.replica_divergence(model)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("drift", [0.0, 1e-4])
+def test_replica_divergence_is_zero_for_replicas_in_step_and_shows_a_drift(tmp_path, drift):
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    mp.spawn(_divergence_worker, args=(str(tmp_path / "rendezvous"), drift, results), nprocs=2)
+    assert results[0] == results[1] == pytest.approx(drift, rel=1e-3, abs=0)

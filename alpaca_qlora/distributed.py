@@ -138,8 +138,8 @@ def pad_to_even_shards(dataset, *, rows_per_device_batch: int, num_processes: in
     """
     from datasets import Dataset, concatenate_datasets
 
-    missing = (-len(dataset)) % (rows_per_device_batch * num_processes)
-    if missing == 0:
+    missing = (-len(dataset)) % (rows_per_device_batch * num_processes) if num_processes > 1 else 0
+    if missing == 0:  # one process: a short last batch is simply short, as without DDP
         return dataset, 0
     neutral: dict[str, Any] = {"input_ids": [pad_token_id], "labels": [-100], "completion_mask": [0],
                                "assistant_masks": [0], "attention_mask": [1], "seq_lengths": [1],

@@ -111,8 +111,8 @@ def test_filler_rows_complete_the_last_batches_and_carry_no_label():
     assert (added, len(padded)) == (1, 24)
     assert padded[23] == {"input_ids": [0], "labels": [-100], "seq_lengths": [1]} and distributed.is_filler(padded[23])
     assert not any(distributed.is_filler(padded[i]) for i in range(23))
-    assert pad_to_even_shards(Dataset.from_dict(rows), rows_per_device_batch=23, num_processes=1,
-                              pad_token_id=0)[1] == 0
+    assert pad_to_even_shards(Dataset.from_dict(rows), rows_per_device_batch=4, num_processes=1,
+                              pad_token_id=0)[1] == 0, "one process: no filler, the stage as before"
     with pytest.raises(LaunchError, match="images"):
         pad_to_even_shards(Dataset.from_dict({**rows, "images": [[1]] * 23}), rows_per_device_batch=4,
                            num_processes=2, pad_token_id=0)

@@ -144,10 +144,13 @@ def pad_to_even_shards(dataset, *, rows_per_device_batch: int, num_processes: in
     neutral: dict[str, Any] = {"input_ids": [pad_token_id], "labels": [-100], "completion_mask": [0],
                                "assistant_masks": [0], "attention_mask": [1], "seq_lengths": [1],
                                "position_ids": [0]}
-    unknown = sorted(set(dataset.column_names) - set(neutral))
-    if unknown:
-        raise LaunchError(f"train: cannot make neutral filler rows for column(s) {', '.join(unknown)} of the "
-                          "prepared training set; alpaca_qlora/distributed.py pad_to_even_shards must learn them")
+    first = dataset[0]
+    for name in set(dataset.column_names) - set(neutral):
+        # Another per-token column (a library's mask): 0 is "not trained" for every mask.
+        if not isinstance(first[name], list) or len(first[name]) != len(first["input_ids"]):
+            raise LaunchError(f"train: cannot make a neutral filler row for column '{name}' of the prepared "
+                              "training set; alpaca_qlora/distributed.py pad_to_even_shards must learn it")
+        neutral[name] = [0]
     filler = Dataset.from_dict({name: [neutral[name]] * missing for name in dataset.column_names},
                                features=dataset.features)
     return concatenate_datasets([dataset, filler]), missing

@@ -113,7 +113,10 @@ def test_filler_rows_complete_the_last_batches_and_carry_no_label():
     assert not any(distributed.is_filler(padded[i]) for i in range(23))
     assert pad_to_even_shards(Dataset.from_dict(rows), rows_per_device_batch=4, num_processes=1,
                               pad_token_id=0)[1] == 0, "one process: no filler, the stage as before"
-    with pytest.raises(LaunchError, match="images"):
+    with_mask = pad_to_even_shards(Dataset.from_dict({**rows, "loss_mask": [[0, 1, 1]] * 23}),
+                                   rows_per_device_batch=4, num_processes=2, pad_token_id=0)[0]
+    assert with_mask[23]["loss_mask"] == [0], "an unknown per-token mask gets 0: not trained"
+    with pytest.raises(LaunchError, match="'images'"):
         pad_to_even_shards(Dataset.from_dict({**rows, "images": [[1]] * 23}), rows_per_device_batch=4,
                            num_processes=2, pad_token_id=0)
 

@@ -27,8 +27,8 @@ import shutil
 import time
 from pathlib import Path
 
-from benchmarks import gpu_job
 from alpaca_qlora.distributed import BATCH_LOG_ENV
+from benchmarks import gpu_job
 
 
 def steady_tokens_per_s(batch_log: Path, skip_batches: int) -> dict:

@@ -7,6 +7,7 @@ Unsloth patches transformers/TRL when imported, so callers import this module be
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,8 @@ def _hf_base_model(path: str, model_params: dict[str, Any]):
                                           bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype())
     model = AutoModelForCausalLM.from_pretrained(
         path, quantization_config=quantization, dtype=compute_dtype(),
-        device_map={"": 0} if torch.cuda.is_available() else None)
+        # Under torchrun / accelerate launch each data-parallel rank holds a whole copy on its own GPU.
+        device_map={"": int(os.environ.get("LOCAL_RANK", "0"))} if torch.cuda.is_available() else None)
     return model, AutoTokenizer.from_pretrained(path)
 
 

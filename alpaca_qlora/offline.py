@@ -8,6 +8,7 @@ handling and truncation behave as they do with the real model.
 """
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -54,7 +55,8 @@ def build_offline_model(name: str, *, seed: int, root: Path = OFFLINE_MODELS_DIR
     import torch
     from transformers import LlamaTokenizer, MistralConfig, MistralForCausalLM
 
-    staging = root / f".{preset}-seed{seed}.partial"
+    # One staging folder per process: data-parallel ranks (alpaca_qlora/distributed.py) may build at once.
+    staging = root / f".{preset}-seed{seed}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     shutil.copyfile(mistral_tokenizer_file(), staging / "tokenizer.model")
@@ -70,7 +72,12 @@ def build_offline_model(name: str, *, seed: int, root: Path = OFFLINE_MODELS_DIR
     with torch.device(device):
         model = MistralForCausalLM(config).to(dtype)
     model.save_pretrained(str(staging), safe_serialization=True)
-    staging.rename(target)  # atomic: a crash never leaves a half-built model behind
+    try:
+        staging.rename(target)  # atomic: a crash never leaves a half-built model behind
+    except OSError:  # another process finished first; same name and seed, so the same weights
+        if not (target / "config.json").is_file():
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -24,7 +24,7 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "batch_size": (int,), "gradient_accumulation_steps": (int,), "warmup_steps": (int,),
         "lr_scheduler": (str,), "weight_decay": (float, int), "optimizer": (str,), "packing": (bool,),
         "train_on_prompt": (bool,), "seed": (int,), "logging_steps": (int,), "wandb_mode": (str,),
-        "wandb_project": (str,),
+        "wandb_project": (str,), "num_processes": (int,), "launcher": (str,),
     },
     "evaluate": {"batch_size": (int,), "num_generations": (int,), "max_new_tokens": (int,)},
 }
@@ -33,6 +33,7 @@ CHOICES = {
     ("format", "too_long"): ("truncate", "drop", "error"),
     ("train", "backend"): ("unsloth", "hf"),
     ("train", "wandb_mode"): ("disabled", "offline", "online"),
+    ("train", "launcher"): ("torchrun", "accelerate"),
 }
 
 

@@ -3,19 +3,24 @@
 # On the GPU machine, after unpacking the wheel bundle (../shared/gpu/make-bundle.sh prints the line):
 #   bash benchmarks/gpu_session.sh bench checks   # train-step benchmark; packing checks on the GPU
 #   bash benchmarks/gpu_session.sh job pair       # the whole seed job, stage by stage; packed vs unpacked curves
+#   bash benchmarks/gpu_session.sh ddp            # 2 GPUs: train stage with 1 and 2 DDP processes, per backend
 # Phases: bench (benchmarks.train_step, backends from $BENCH_BACKENDS), checks (benchmarks.packing_check:
 # Unsloth and hf on the 7B geometry, Unsloth on the tiny model), job (sample, format, train, evaluate with
 # profiles/gpu-benchmark.yaml), pair (20 optimizer steps packed and unpacked from the same seed, and the plot).
+# ddp (benchmarks.ddp_scaling: the train stage with train.num_processes 1 and 2 for $DDP_BACKENDS; $DDP_ARGS
+# adds arguments, e.g. --steps unsloth=10,hf=6).
 # Results go to $OUT (default build/gpu-out): one .tgz plus the log.
 # MODEL / PRESETS / JOB_SET / BENCH_ARGS override the model and profile for a CPU dry run with offline:tiny-mistral.
 set -uo pipefail
-[ $# -gt 0 ] || { echo "usage: gpu_session.sh bench|checks|job|pair ..."; exit 2; }
+[ $# -gt 0 ] || { echo "usage: gpu_session.sh bench|checks|job|pair|ddp ..."; exit 2; }
 OUT=${OUT:-build/gpu-out}
 MODEL=${MODEL:-build/offline-models/mistral-7b-geometry-seed0-bnb4}
 PRESETS=${PRESETS:-mistral-7b-geometry,tiny-mistral}
 JOB_SET=${JOB_SET:-}
 BENCH_ARGS=${BENCH_ARGS:-}
 BENCH_BACKENDS=${BENCH_BACKENDS:-unsloth,hf}
+DDP_BACKENDS=${DDP_BACKENDS:-unsloth,hf}
+DDP_ARGS=${DDP_ARGS:-}
 name=$(IFS=-; echo "$*")
 results=build/gpu-results/$name
 mkdir -p "$OUT" "$results"
@@ -56,6 +61,10 @@ for phase in "$@"; do
     step python3 -m benchmarks.gpu_job plot "$results/packed20" "$results/unpacked20" \
       --labels "packed (2 rows of 2048 x accum 4),unpacked (16 padded rows x accum 5)" \
       --out "$results/loss_curves.png" ;;
+  ddp)
+    step python3 -m benchmarks.ddp_scaling --out "$results/ddp_scaling.json" --backends "$DDP_BACKENDS" \
+      "${set_args[@]}" $DDP_ARGS
+    cp "$results/ddp_scaling.json" "$OUT/" 2>/dev/null ;;
   *) echo "unknown phase $phase" ;;
   esac
 done

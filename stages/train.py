@@ -3,31 +3,37 @@
 Reads params `model.*`, `lora.*`, `train.*`. Writes models/adapter/ (adapter safetensors +
 adapter_config.json, the tokenizer, metadata.json describing how it was made) and reports/train/ (DVCLive
 training curves). Backend "unsloth" or "hf" only changes how the model is loaded (alpaca_qlora.models).
+With train.num_processes > 1 this process relaunches the stage as that many data-parallel workers
+(alpaca_qlora.distributed); every worker runs main() below, and only rank 0 writes outputs.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 # Unsloth must be imported before transformers/TRL to patch them; models.py imports it lazily, so the
 # backend is read first and Unsloth imported here when chosen.
+from alpaca_qlora import distributed
 from alpaca_qlora.params import load_section
 
 
 class RealTokenCounter:
-    """Wraps the data collator to count the real (non-pad) tokens the trainer actually consumed."""
+    """Wraps the data collator to count the real tokens this process consumed.
+
+    Counted on the rows before collation (no padding yet, whether padded, padding-free or packed), leaving
+    out the filler rows of distributed.pad_to_even_shards. Under DDP each rank counts its own share and the
+    stage sums them.
+    """
 
     def __init__(self, collator):
         self.collator, self.tokens = collator, 0
 
     def __call__(self, features):
-        batch = self.collator(features)
-        if "attention_mask" in batch:
-            self.tokens += int(batch["attention_mask"].sum())
-        else:  # padding-free / packed batches carry no padding but pad_to_multiple_of's tail
-            self.tokens += sum(len(f["input_ids"]) for f in features)
-        return batch
+        distributed.record_batch(features)
+        self.tokens += sum(len(f["input_ids"]) for f in features if not distributed.is_filler(f))
+        return self.collator(features)
 
 
 def main() -> None:
@@ -36,6 +42,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("models/adapter"))
     args = parser.parse_args()
     params, model_params, lora_params = load_section("train"), load_section("model"), load_section("lora")
+    if params["num_processes"] > 1 and not distributed.is_worker():
+        sys.exit(distributed.relaunch(params["num_processes"], params["launcher"], "stages.train", sys.argv[1:]))
+    if distributed.is_worker():
+        distributed.check_worker(params["num_processes"])
     if params["backend"] == "unsloth":
         import unsloth  # noqa: F401  (patches transformers, peft and TRL; must come first)
 
@@ -49,13 +59,15 @@ def main() -> None:
     from alpaca_qlora.models import compute_dtype, load_for_training
     from alpaca_qlora.tracking import TRAIN_LOG_DIR, training_callbacks_and_reporters
 
+    distributed.bind_device()
     started = time.perf_counter()
     rows = read_jsonl(args.formatted / "train.jsonl")
     dataset = Dataset.from_list([{"input_ids": r["input_ids"], "completion_mask": r["completion_mask"]}
                                  for r in rows])
     model, tokenizer = load_for_training(params["backend"], model_params, lora_params, seed=params["seed"])
     load_seconds = time.perf_counter() - started
-    callbacks, reporters = training_callbacks_and_reporters(params)
+    # Rank 0 alone logs: a DVCLive Live() on another rank would reset reports/train/ under rank 0's feet.
+    callbacks, reporters = training_callbacks_and_reporters(params) if distributed.is_main_process() else ([], [])
     on_gpu, dtype = torch.cuda.is_available(), compute_dtype()
     config = SFTConfig(
         output_dir="build/train-checkpoints", save_strategy="no", report_to=reporters,
@@ -69,12 +81,35 @@ def main() -> None:
         completion_only_loss=not params["train_on_prompt"],
         bf16=on_gpu and dtype == torch.bfloat16, fp16=on_gpu and dtype == torch.float16,
         use_cpu=not on_gpu, dataset_num_proc=1, disable_tqdm=True,
+        # DDP: every LoRA weight gets a gradient each step; the search for unused ones breaks under gradient
+        # checkpointing ("marked ready twice"). Unsloth sets the same for its models. Ignored in one process.
+        ddp_find_unused_parameters=False,
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=callbacks)
+    processes = trainer.accelerator.num_processes
+    trainer.train_dataset, filler_rows = distributed.pad_to_even_shards(
+        trainer.train_dataset, rows_per_device_batch=params["batch_size"], num_processes=processes,
+        pad_token_id=tokenizer.pad_token_id)
+    batch = {"num_processes": processes, "per_device_batch_size": params["batch_size"],
+             "gradient_accumulation_steps": params["gradient_accumulation_steps"],
+             "effective_batch_size": params["batch_size"] * params["gradient_accumulation_steps"] * processes}
+    if callbacks:
+        callbacks[0].live.log_params({"effective_batch": batch})
     counter = RealTokenCounter(trainer.data_collator)
     trainer.data_collator = counter
     result = trainer.train()
+    real_tokens, divergence = counter.tokens, 0.0
+    if processes > 1:  # every rank counted its own share; the replicas must have stayed in step
+        real_tokens = int(trainer.accelerator.reduce(
+            torch.tensor(counter.tokens, device=trainer.accelerator.device), reduction="sum"))
+        divergence = distributed.replica_divergence(model)
+        if divergence > 1e-6:
+            raise distributed.LaunchError(
+                f"train: the {processes} processes ended with different LoRA weights (largest difference "
+                f"{divergence:.2e}): gradients were not synchronized, so this was not data-parallel training")
+    if not trainer.accelerator.is_main_process:
+        return
 
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(args.out), safe_serialization=True)
@@ -92,16 +127,19 @@ def main() -> None:
             "completion_only_loss": trainer.args.completion_only_loss, "dtype": str(dtype),
             "device": device_description(), "global_steps": result.global_step,
             "packed_attention": packed_attention.STATUS,
+            # rows per optimizer step (packed rows when packing); filler rows: distributed.pad_to_even_shards
+            **batch, "filler_rows": filler_rows, "replica_divergence": divergence,
         },
         "results": {
             "train_loss": round(result.training_loss, 6), "train_runtime_s": round(train_seconds, 2),
-            "model_load_s": round(load_seconds, 2), "real_tokens": counter.tokens,
-            "real_tokens_per_s": round(counter.tokens / train_seconds, 1), **peak_memory_gib(),
+            "model_load_s": round(load_seconds, 2), "real_tokens": real_tokens,
+            "real_tokens_per_s": round(real_tokens / train_seconds, 1), **peak_memory_gib(),
         },
         "libraries": library_versions(),
     })
     print(f"train: loss {result.training_loss:.4f}, {result.global_step} steps, {train_seconds:.1f}s, "
-          f"{counter.tokens / train_seconds:.0f} real tokens/s; adapter in {args.out}, curves in {TRAIN_LOG_DIR}")
+          f"{real_tokens / train_seconds:.0f} real tokens/s over {processes} process(es), effective batch "
+          f"{batch['effective_batch_size']} rows; adapter in {args.out}, curves in {TRAIN_LOG_DIR}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, MutableMapping, Sequence
 
 LAUNCHERS = ("torchrun", "accelerate")
 # Variables through which torchrun itself reads its multi-node flags; any of them means "not standalone".
@@ -66,6 +66,24 @@ def bind_device(environ: Mapping[str, str] = os.environ) -> None:
 
     if is_worker(environ) and torch.cuda.is_available():
         torch.cuda.set_device(int(environ["LOCAL_RANK"]))
+
+
+def use_one_gpu(environ: MutableMapping[str, str] = os.environ) -> str | None:
+    """A single training process sees one GPU: the first of CUDA_VISIBLE_DEVICES, or GPU 0.
+
+    Why: with several GPUs visible to one process, the HF Trainer wraps the model in nn.DataParallel, which
+    TRL's SFTTrainer refuses (measured on 2 H200s: the hf backend stopped with "SFTTrainer does not support
+    `nn.DataParallel`"). More GPUs are used through `train.num_processes`, never implicitly. Returns the
+    new CUDA_VISIBLE_DEVICES when it narrowed a list, else None. Call before anything initialises CUDA."""
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        environ["CUDA_VISIBLE_DEVICES"] = "0"
+        return None
+    first = visible.split(",")[0].strip()
+    if first and first != visible.strip():
+        environ["CUDA_VISIBLE_DEVICES"] = first
+        return first
+    return None
 
 
 def check_worker(num_processes: int, environ: Mapping[str, str] = os.environ) -> None:

@@ -46,6 +46,9 @@ def main() -> None:
         sys.exit(distributed.relaunch(params["num_processes"], params["launcher"], "stages.train", sys.argv[1:]))
     if distributed.is_worker():
         distributed.check_worker(params["num_processes"])
+    elif (narrowed := distributed.use_one_gpu()) is not None:
+        print(f"train: train.num_processes is 1, so one GPU (CUDA_VISIBLE_DEVICES={narrowed}); "
+              "set train.num_processes to use more")
     if params["backend"] == "unsloth":
         import unsloth  # noqa: F401  (patches transformers, peft and TRL; must come first)
 

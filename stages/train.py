@@ -84,6 +84,7 @@ def main() -> None:
         "backend": params["backend"],
         "params": {"model": model_params, "lora": lora_params, "train": params},
         "template": read_json(args.formatted / "stats.json")["template"],
+        "format": {"input_free_variant": read_json(args.formatted / "stats.json")["input_free_variant"]},
         "data": {"formatted_train_sha256": file_sha256(args.formatted / "train.jsonl"), "train_rows": len(rows)},
         "effective": {  # what actually ran, after the libraries' own adjustments (Unsloth on CPU, ...)
             "optimizer": str(trainer.args.optim), "packing": bool(trainer.args.packing),

@@ -54,7 +54,9 @@ def main() -> None:
                                  for r in rows])
     model, tokenizer = load_for_training(params["backend"], model_params, lora_params, seed=params["seed"])
     load_seconds = time.perf_counter() - started
-    callbacks, reporters = training_callbacks_and_reporters(params)
+    callbacks, reporters = training_callbacks_and_reporters(params, run_config={
+        "params": {"model": model_params, "lora": lora_params, "train": params},
+        "data": {"formatted_train_sha256": file_sha256(args.formatted / "train.jsonl"), "train_rows": len(rows)}})
     on_gpu, dtype = torch.cuda.is_available(), compute_dtype()
     config = SFTConfig(
         output_dir="build/train-checkpoints", save_strategy="no", report_to=reporters,

@@ -135,10 +135,11 @@ def test_hf_backend_trains_with_wandb_offline_and_never_touches_the_network(work
     assert config["params"]["train"]["backend"] == "hf" and config["params"]["train"]["max_steps"] == 30
     assert config["params"]["lora"]["r"] == 16 and config["params"]["model"]["name"] == "offline:tiny-mistral"
     assert config["data"]["formatted_train_sha256"] == meta["data"]["formatted_train_sha256"]
+    assert config["learning_rate"] == 5e-3, "transformers' WandbCallback reused the run and added its arguments"
     revision = config["revision"]
     assert revision["dvc_exp_name"] == "wandb-offline"
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workspace_copy, capture_output=True, text=True).stdout
     assert revision["git_commit"] == revision["dvc_exp_baseline_rev"] == head.strip()
     logged = [json.loads(item.value_json) for record in records["history"] for item in record.history.item
-              if item.key == "train/loss" or list(item.nested_key) == ["train", "loss"]]
+              if (item.key or "/".join(item.nested_key)) == "train/loss"]
     assert len(logged) == 30 and all(math.isfinite(value) for value in logged)

@@ -56,14 +56,15 @@ def converter(root: Path = CONVERTER_DIR) -> Path:
     return script
 
 
-def export_gguf(merged_dir: Path, out_file: Path, *, outtype: str = "q8_0") -> Path:
+def export_gguf(merged_dir: Path, out_file: Path, *, outtype: str = "q8_0",
+                converter_dir: Path = CONVERTER_DIR) -> Path:
     """Convert a merged transformers folder (safetensors + tokenizer) to one GGUF file."""
     if outtype not in OUTTYPES:
         raise ValueError(f"--outtype must be one of {', '.join(OUTTYPES)} (K-quants: see README), got {outtype!r}")
     if not (merged_dir / "config.json").is_file() or (merged_dir / "adapter_config.json").is_file():
         raise ValueError(f"{merged_dir} is not a merged model: run python -m alpaca_qlora.merge --out {merged_dir}"
                          " first (GGUF needs the full weights, not an adapter)")
-    script = converter()
+    script = converter(converter_dir)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(script.parent / "gguf-py"), str(script.parent)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))

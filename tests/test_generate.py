@@ -107,4 +107,5 @@ def test_interactive_mode_answers_each_stdin_line(reproduced_workspace, loaded, 
     assert done.returncode == 0, done.stderr
     expected = [greedy(model, tokenizer, render(text, ""), 16) for text in instructions]
     assert [line.strip() for line in done.stdout.splitlines()] == expected
-    assert len([line for line in done.stderr.splitlines() if line.startswith("[") and " tokens, stopped at " in line]) == 2
+    ends = [line for line in done.stderr.splitlines() if line.startswith("[") and " tokens, stopped at " in line]
+    assert len(ends) == 2, done.stderr

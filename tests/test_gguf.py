@@ -20,11 +20,12 @@ def exported(reproduced_workspace, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("gguf")
     cwd = os.getcwd()
-    os.chdir(reproduced_workspace)  # the offline base and the converter cache live under build/ there
+    os.chdir(reproduced_workspace)  # the offline base is built under build/ there
     try:
         merge_adapter(reproduced_workspace / "models/adapter", out / "merged", save_dtype="float32")
-        files = {kind: export_gguf(out / "merged", out / f"model-{kind}.gguf", outtype=kind) for kind in ("f32", "q8_0")}
-        sys.path.insert(0, str(reproduced_workspace / "build/gguf-converter/gguf-py"))
+        files = {kind: export_gguf(out / "merged", out / f"model-{kind}.gguf", outtype=kind,
+                                   converter_dir=out / "converter") for kind in ("f32", "q8_0")}
+        sys.path.insert(0, str(out / "converter/gguf-py"))
         from gguf import GGUFReader
         from gguf.quants import dequantize
     finally:
@@ -44,7 +45,8 @@ def test_gguf_says_llama_architecture_with_the_mistral_tokenizer(exported):
     assert fields["general.architecture"].contents() == "llama" and fields["llama.block_count"].contents() == 2
     assert fields["tokenizer.ggml.model"].contents() == "llama"
     assert len(fields["tokenizer.ggml.tokens"].contents()) == 32000
-    assert fields["tokenizer.ggml.bos_token_id"].contents() == 1 and fields["tokenizer.ggml.eos_token_id"].contents() == 2
+    assert fields["tokenizer.ggml.bos_token_id"].contents() == 1
+    assert fields["tokenizer.ggml.eos_token_id"].contents() == 2
 
 
 def test_gguf_tensors_are_the_merged_weights(exported):

@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
-# System packages the DVC remote tests (tests/remotes) need on a bare Debian machine:
-# the OpenSSH server, which the tests start privately on 127.0.0.1 (it is never started as a service).
-# Python packages (dvc[s3,ssh], moto[server]) come from requirements.txt.
+# System packages the tests need on a bare Debian machine:
+# - the OpenSSH server, which the DVC remote tests (tests/remotes) start privately on 127.0.0.1 (it is never
+#   started as a service);
+# - Chromium, which tests/test_compare.py runs headless to check that the `dvc plots diff` page renders
+#   (~17 s to install on the CI machine's mirror; with CI set, that test fails rather than skips without it).
+# Python packages (dvc[s3,ssh], moto[server], vl-convert-python) come from requirements.txt.
 set -euo pipefail
-if command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ]; then
+missing=()
+if ! command -v sshd >/dev/null 2>&1 && [ ! -x /usr/sbin/sshd ]; then
+  missing+=(openssh-server)
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+  missing+=(chromium)
+fi
+if [ "${#missing[@]}" = 0 ]; then
   exit 0
 fi
 if [ "$(id -u)" != 0 ]; then
-  echo "tests/remotes need sshd: run 'sudo apt-get install -y openssh-server' (or its equivalent)" >&2
+  echo "the tests need ${missing[*]}: run 'sudo apt-get install -y ${missing[*]}' (or its equivalent)" >&2
   exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends openssh-server >/dev/null
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ]
+command -v chromium >/dev/null 2>&1

@@ -115,3 +115,24 @@ def attach_adapter(model, backend: str, adapter_dir: Path):
         FastLanguageModel.for_inference(model)
     model.eval()
     return model
+
+
+def load_base_16bit(model_params: dict[str, Any], *, dequantize_4bit: bool):
+    """The base model in 16-bit (float32 on a CPU), unquantized, for merging an adapter into it.
+
+    `dequantize_4bit`: load it in 4-bit NF4 exactly as training did (`_hf_base_model`), then dequantize,
+    so the weights are the ones the adapter was trained against. Otherwise load the checkpoint's own
+    16-bit weights; a pre-quantized checkpoint has none, which is refused rather than silently merged.
+    See alpaca_qlora/merge.py for why the choice matters.
+    """
+    from transformers import AutoConfig
+
+    path = resolve_model_path(model_params)
+    if dequantize_4bit:
+        model, tokenizer = _hf_base_model(path, {**model_params, "load_in_4bit": True})
+        return model.dequantize(dtype=compute_dtype()), tokenizer
+    if getattr(AutoConfig.from_pretrained(path), "quantization_config", None):
+        raise ValueError(f"model.name {model_params['name']!r} is a pre-quantized checkpoint with no 16-bit "
+                         "weights: merge with --base-weights dequantized, or name its 16-bit original with --base")
+    model, tokenizer = _hf_base_model(path, {**model_params, "load_in_4bit": False})
+    return model, tokenizer

@@ -37,8 +37,32 @@ def _reachable(url: str, timeout_s: float) -> bool:
         return False
 
 
-def training_callbacks_and_reporters(train_params: dict) -> tuple[list, list[str]]:
-    """DVCLive's HF callback, plus "wandb" in `report_to` when W&B is not disabled."""
+def run_revision() -> dict[str, str | None]:
+    """Where this run comes from: the git commit, and the DVC experiment when `dvc exp run` started it.
+
+    DVC sets DVC_EXP_BASELINE_REV (the commit the experiment is based on) and DVC_EXP_NAME in the
+    environment of the stage commands it runs for an experiment; `dvc exp show` lists that name.
+    """
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                                timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                    text=True, check=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {"git_commit": commit, "git_dirty": dirty, "dvc_exp_name": os.environ.get("DVC_EXP_NAME"),
+            "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV")}
+
+
+def training_callbacks_and_reporters(train_params: dict, *, run_config: dict | None = None) -> tuple[list, list[str]]:
+    """DVCLive's HF callback, plus "wandb" in `report_to` when W&B is not disabled.
+
+    With W&B on, the run is started here with `run_config` (the stage's params and data fingerprint) plus
+    `run_revision()`, and named after the DVC experiment, so a W&B run leads back to its DVC experiment.
+    transformers' WandbCallback then reuses this run and adds the trainer's arguments to its config.
+    """
     from dvclive import Live
     from transformers.integrations import DVCLiveCallback
 
@@ -48,6 +72,11 @@ def training_callbacks_and_reporters(train_params: dict) -> tuple[list, list[str
     if mode != "disabled":
         os.environ.setdefault("WANDB_PROJECT", train_params["wandb_project"])
         os.environ.setdefault("WANDB_INIT_TIMEOUT", "30")
+        import wandb
+
+        revision = run_revision()
+        wandb.init(project=os.environ["WANDB_PROJECT"], mode=mode, name=revision["dvc_exp_name"], job_type="train",
+                   config={**(run_config or {}), "revision": revision})
         reporters.append("wandb")
     live = Live(dir=TRAIN_LOG_DIR, dvcyaml=False, save_dvc_exp=False, report=None)
     return [DVCLiveCallback(live=live, log_model=None)], reporters

@@ -1,7 +1,8 @@
 """Stage `evaluate`: held-out loss and perplexity of the base model and of base + adapter, and generations.
 
 Reads params `evaluate.*`, `model.*` and `train.backend`. Writes reports/metrics.json (declared as DVC
-metrics, so `dvc metrics diff` and `dvc exp show` compare runs) and reports/generations.md (greedy
+metrics, so `dvc metrics diff` and `dvc exp show` compare runs), reports/plots/eval.json (the same loss and
+perplexity, one row per model, declared as plots for `dvc plots diff`) and reports/generations.md (greedy
 generations of the first held-out prompts, each beside its reference output, for base and fine-tuned).
 """
 from __future__ import annotations
@@ -49,6 +50,11 @@ def main() -> None:
         "generation_prompts_per_s": speed["prompts_per_s"],
         "generation_new_tokens_per_s": speed["new_tokens_per_s"],
     })
+    # One row per model, so `dvc plots diff` draws base vs adapter as bars, one bar per experiment.
+    write_json(args.out / "plots" / "eval.json", [
+        {"model": "base", "loss": base["loss"], "perplexity": base["perplexity"]},
+        {"model": "adapter", "loss": tuned["loss"], "perplexity": tuned["perplexity"]},
+    ])
     write_generations_report(args.out / "generations.md", shown, base_texts, tuned_texts, model_params["name"])
     print(f"evaluate: held-out loss {base['loss']:.4f} (base) -> {tuned['loss']:.4f} (adapter), "
           f"perplexity {base['perplexity']:.2f} -> {tuned['perplexity']:.2f}; {speed['prompts_per_s']:.2f} "

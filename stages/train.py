@@ -70,7 +70,10 @@ def main() -> None:
     model, tokenizer = load_for_training(params["backend"], model_params, lora_params, seed=params["seed"])
     load_seconds = time.perf_counter() - started
     # Rank 0 alone logs: a DVCLive Live() on another rank would reset reports/train/ under rank 0's feet.
-    callbacks, reporters = training_callbacks_and_reporters(params) if distributed.is_main_process() else ([], [])
+    callbacks, reporters = training_callbacks_and_reporters(params, run_config={
+        "params": {"model": model_params, "lora": lora_params, "train": params},
+        "data": {"formatted_train_sha256": file_sha256(args.formatted / "train.jsonl"), "train_rows": len(rows)},
+    }) if distributed.is_main_process() else ([], [])
     on_gpu, dtype = torch.cuda.is_available(), compute_dtype()
     config = SFTConfig(
         output_dir="build/train-checkpoints", save_strategy="no", report_to=reporters,
@@ -123,6 +126,7 @@ def main() -> None:
         "backend": params["backend"],
         "params": {"model": model_params, "lora": lora_params, "train": params},
         "template": read_json(args.formatted / "stats.json")["template"],
+        "format": {"input_free_variant": read_json(args.formatted / "stats.json")["input_free_variant"]},
         "data": {"formatted_train_sha256": file_sha256(args.formatted / "train.jsonl"), "train_rows": len(rows)},
         "effective": {  # what actually ran, after the libraries' own adjustments (Unsloth on CPU, ...)
             "optimizer": str(trainer.args.optim), "packing": bool(trainer.args.packing),

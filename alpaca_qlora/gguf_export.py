@@ -1,0 +1,88 @@
+"""Export a merged model (alpaca_qlora.merge) to GGUF, for llama.cpp, Ollama and LM Studio.
+
+    python -m alpaca_qlora.merge --adapter models/adapter --out build/merged
+    python -m alpaca_qlora.gguf_export --merged build/merged --out build/model-q8_0.gguf --outtype q8_0
+
+llama.cpp's converter (convert_hf_to_gguf.py, with its `conversion` package and the matching gguf-py) is
+not a PyPI package of its own, but the source distribution of llama-cpp-python ships it, at the llama.cpp
+commit that release vendors. This module fetches that sdist once with pip (`pip download --no-binary`,
+nothing is built or installed), keeps the three converter pieces under build/gguf-converter/, and runs the
+converter with this interpreter. Its types: f32, f16, bf16, q8_0 (the converter quantizes q8_0 itself).
+K-quants such as Q4_K_M need llama.cpp's compiled `llama-quantize`; README.md gives the commands.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+# The llama-cpp-python release whose vendored llama.cpp converter was checked against our merged models
+# (tests/test_gguf.py). A newer one may need a newer transformers; change it deliberately.
+LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
+CONVERTER_DIR = Path("build") / "gguf-converter"
+OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+PIECES = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+
+
+def converter(root: Path = CONVERTER_DIR) -> Path:
+    """llama.cpp's convert_hf_to_gguf.py (+ conversion/ and gguf-py/), fetched once from PyPI into `root`."""
+    script = root / "convert_hf_to_gguf.py"
+    if script.is_file() and (root / "gguf-py" / "gguf").is_dir() and (root / "conversion").is_dir():
+        return script
+    with tempfile.TemporaryDirectory() as scratch:
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                               "--dest", scratch, LLAMA_CPP_PYTHON], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"pip download {LLAMA_CPP_PYTHON} failed (is PyPI reachable?):\n{done.stderr[-2000:]}")
+        (sdist,) = Path(scratch).glob("*.tar.gz")
+        staging = Path(scratch) / "converter"
+        with tarfile.open(sdist) as archive:
+            members = [m for m in archive.getmembers()
+                       if "/vendor/llama.cpp/" in m.name
+                       and m.name.split("/vendor/llama.cpp/", 1)[1].startswith(PIECES)]
+            if not any(m.name.endswith("/convert_hf_to_gguf.py") for m in members):
+                raise RuntimeError(f"{sdist.name} does not ship vendor/llama.cpp/convert_hf_to_gguf.py")
+            for member in members:
+                member.name = member.name.split("/vendor/llama.cpp/", 1)[1]
+                archive.extract(member, staging, filter="data")
+        shutil.rmtree(root, ignore_errors=True)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staging), str(root))
+    return script
+
+
+def export_gguf(merged_dir: Path, out_file: Path, *, outtype: str = "q8_0",
+                converter_dir: Path = CONVERTER_DIR) -> Path:
+    """Convert a merged transformers folder (safetensors + tokenizer) to one GGUF file."""
+    if outtype not in OUTTYPES:
+        raise ValueError(f"--outtype must be one of {', '.join(OUTTYPES)} (K-quants: see README), got {outtype!r}")
+    if not (merged_dir / "config.json").is_file() or (merged_dir / "adapter_config.json").is_file():
+        raise ValueError(f"{merged_dir} is not a merged model: run python -m alpaca_qlora.merge --out {merged_dir}"
+                         " first (GGUF needs the full weights, not an adapter)")
+    script = converter(converter_dir)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(script.parent / "gguf-py"), str(script.parent)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    done = subprocess.run([sys.executable, str(script), str(merged_dir), "--outfile", str(out_file),
+                           "--outtype", outtype], env=env, capture_output=True, text=True)
+    if done.returncode != 0 or not out_file.is_file():
+        raise RuntimeError(f"convert_hf_to_gguf.py failed on {merged_dir}:\n{done.stderr[-3000:]}")
+    return out_file
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--merged", type=Path, default=Path("build/merged"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--outtype", default="q8_0", choices=OUTTYPES)
+    args = parser.parse_args()
+    print(f"gguf: {export_gguf(args.merged, args.out, outtype=args.outtype)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Compare experiments: `dvc plots diff` renders loss curves and base-vs-adapter bars, offline, in Chromium.
+
+The page is checked in a real headless Chromium (Debian's `chromium`), with every host name resolving to
+nothing, so it passes only if the page renders with no network: Vega comes inlined from the offline
+template (alpaca_qlora/plots_page.py), not from DVC's default CDN tags. On CI (CI set) a missing Chromium
+fails the test; locally it is skipped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from alpaca_qlora.plots_page import write_offline_template
+from tests.conftest import run_dvc
+
+PLOT_TITLES = ("Training loss", "Held-out loss, base vs adapter", "Held-out perplexity, base vs adapter")
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if os.environ.get("CI"):
+        pytest.fail("chromium is not installed: .ci/install-remote-test-deps.sh installs Debian's chromium")
+    pytest.skip("chromium is not installed (apt-get install chromium); CI installs it and runs this test")
+
+
+def test_evaluate_writes_base_vs_adapter_rows_matching_the_metrics(reproduced_workspace):
+    rows = json.loads((reproduced_workspace / "reports/plots/eval.json").read_text())
+    metrics = json.loads((reproduced_workspace / "reports/metrics.json").read_text())
+    assert rows == [
+        {"model": "base", "loss": metrics["base_eval_loss"], "perplexity": metrics["base_eval_perplexity"]},
+        {"model": "adapter", "loss": metrics["eval_loss"], "perplexity": metrics["eval_perplexity"]}]
+
+
+@pytest.fixture(scope="module")
+def compared(reproduced_workspace, tmp_path_factory):
+    """The baseline committed, one experiment with fewer steps, and `dvc plots diff` of the two as HTML."""
+    browser = chromium()
+    workspace = tmp_path_factory.mktemp("compare") / "repo"
+    shutil.copytree(reproduced_workspace, workspace, symlinks=True)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "-c", "commit.gpgsign=false"]
+    subprocess.run(git + ["add", "-A"], cwd=workspace, check=True)
+    subprocess.run(git + ["commit", "-qm", "baseline results"], cwd=workspace, check=True)
+    run_dvc(workspace, "exp", "run", "-n", "short", "-S", "train.max_steps=20")
+    template = write_offline_template(workspace / "build/plots/offline-template.html")
+    run_dvc(workspace, "plots", "diff", "HEAD", "short", "--html-template", str(template), "-o", "build/plots")
+    page = workspace / "build/plots/index.html"
+    return workspace, page, browser
+
+
+def test_plots_diff_page_holds_every_plot_for_both_experiments_and_no_cdn(compared):
+    workspace, page, _ = compared
+    html = page.read_text()
+    assert "cdn.jsdelivr" not in html and not re.search(r"<script[^>]+src=", html), "no script from the network"
+    specs = [json.loads(text) for text in re.findall(r"var spec = (\{.*?\});\n", html, flags=re.S)]
+    titles = {spec["title"]["text"] if isinstance(spec["title"], dict) else spec["title"]: spec for spec in specs}
+    assert set(PLOT_TITLES) <= set(titles)
+    bars = titles["Held-out loss, base vs adapter"]["data"]["values"]
+    assert {(row["rev"], row["model"]) for row in bars} == {(rev, model) for rev in ("HEAD", "short")
+                                                            for model in ("base", "adapter")}
+    short_metrics = json.loads((workspace / "reports/metrics.json").read_text())  # the workspace holds `short`
+    assert {row["loss"] for row in bars if row["rev"] == "short"} == {
+        short_metrics["base_eval_loss"], short_metrics["eval_loss"]}
+    curve = titles["Training loss"]["data"]["values"]
+    assert sum(row["rev"] == "short" for row in curve) == 20 and sum(row["rev"] == "HEAD" for row in curve) == 100
+
+
+def test_plots_render_in_headless_chromium_with_no_network(compared):
+    """Chromium runs the page's scripts (virtual time lets them finish) and dumps the DOM they built."""
+    _, page, browser = compared
+    done = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=20000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = done.stdout
+    plots = len(re.findall(r'<div id\s*=\s*"', page.read_text()))
+    drawn = re.findall(r'<svg[^>]*class="marks"', dom)
+    assert plots >= 5 and len(drawn) == plots, f"{len(drawn)} of {plots} plots rendered as SVG"
+    for title in PLOT_TITLES:
+        assert f">{title}</text>" in dom, f"the rendered page lacks the title {title!r}"
+    assert ">short</text>" in dom and ">HEAD</text>" in dom, "the legend names both experiments"
+    assert len(re.findall(r'<path[^>]+aria-roledescription="bar"', dom)) >= 8, "4 bars per bar plot"

@@ -25,7 +25,9 @@ def merge(adapter_dir: Path, out_dir: Path, base: str | None = None) -> Path:
     if base:
         model_params = {**model_params, "name": base}
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(model_params), dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(  # safetensors only; remote code only if the adapter's run allowed it
+        resolve_model_path(model_params), dtype=dtype, use_safetensors=True,
+        trust_remote_code=bool(model_params.get("trust_remote_code", False)))
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(str(out_dir), safe_serialization=True)
     AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(out_dir))

@@ -3,10 +3,15 @@
 Reads params `model.*`, `lora.*`, `train.*`. Writes models/adapter/ (adapter safetensors +
 adapter_config.json, the tokenizer, metadata.json describing how it was made) and reports/train/ (DVCLive
 training curves). Backend "unsloth" or "hf" only changes how the model is loaded (alpaca_qlora.models).
+
+Every `train.save_steps` steps a checkpoint goes to build/checkpoints/<run key>/ (alpaca_qlora.checkpoints);
+a rerun after a kill resumes from the last complete one. The adapter folder is written to a temporary
+name and renamed when complete (alpaca_qlora.atomic), so a failed save never leaves a valid-looking adapter.
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
@@ -43,21 +48,33 @@ def main() -> None:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from alpaca_qlora.data import read_json, read_jsonl, write_json
-    from alpaca_qlora.metadata import (device_description, file_sha256, library_versions, peak_memory_gib)
+    from alpaca_qlora.atomic import atomic_directory
+    from alpaca_qlora.checkpoints import (CHECKPOINTS_DIR, MarkCompleteCallback, last_complete_checkpoint,
+                                          load_adapter_in_place, logged_history, replay_into_dvclive, run_key)
+    from alpaca_qlora.data import read_jsonl, write_json
+    from alpaca_qlora.metadata import file_sha256
     from alpaca_qlora.models import compute_dtype, load_for_training
     from alpaca_qlora.tracking import TRAIN_LOG_DIR, training_callbacks_and_reporters
 
     started = time.perf_counter()
     rows = read_jsonl(args.formatted / "train.jsonl")
+    data_sha256 = file_sha256(args.formatted / "train.jsonl")
+    key = run_key(model_params, lora_params, params, data_sha256)
+    checkpoint_dir = CHECKPOINTS_DIR / key
+    resume_from = last_complete_checkpoint(checkpoint_dir) if params["save_steps"] else None
     dataset = Dataset.from_list([{"input_ids": r["input_ids"], "completion_mask": r["completion_mask"]}
                                  for r in rows])
     model, tokenizer = load_for_training(params["backend"], model_params, lora_params, seed=params["seed"])
     load_seconds = time.perf_counter() - started
     callbacks, reporters = training_callbacks_and_reporters(params)
+    if resume_from is not None:
+        print(f"train: resuming from {resume_from} (delete {checkpoint_dir} to start over)")
+        replay_into_dvclive(callbacks[0].live, logged_history(resume_from))
     on_gpu, dtype = torch.cuda.is_available(), compute_dtype()
     config = SFTConfig(
-        output_dir="build/train-checkpoints", save_strategy="no", report_to=reporters,
+        output_dir=str(checkpoint_dir), report_to=reporters,
+        save_strategy="steps" if params["save_steps"] else "no", save_steps=params["save_steps"] or 500,
+        save_total_limit=2,  # the newest complete checkpoint survives while the next one is written
         per_device_train_batch_size=params["batch_size"],
         gradient_accumulation_steps=params["gradient_accumulation_steps"],
         num_train_epochs=params["epochs"], max_steps=params["max_steps"], learning_rate=params["learning_rate"],
@@ -70,21 +87,45 @@ def main() -> None:
         use_cpu=not on_gpu, dataset_num_proc=1, disable_tqdm=True,
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=callbacks)
+                         callbacks=callbacks + [MarkCompleteCallback()])
+    # The Trainer restores optimizer, scheduler, RNG and data position; the adapter weights are copied into
+    # the existing LoRA modules instead of being rebuilt (see load_adapter_in_place for why).
+    trainer._load_from_checkpoint = lambda checkpoint, model=None: load_adapter_in_place(model or trainer.model,
+                                                                                         Path(checkpoint))
     counter = RealTokenCounter(trainer.data_collator)
     trainer.data_collator = counter
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(args.out), safe_serialization=True)
-    tokenizer.save_pretrained(str(args.out))
     train_seconds = result.metrics["train_runtime"]
-    write_json(args.out / "metadata.json", {
+    with atomic_directory(args.out) as staging:
+        model.save_pretrained(str(staging), safe_serialization=True)
+        tokenizer.save_pretrained(str(staging))
+        write_json(staging / "metadata.json", adapter_metadata(
+            trainer, result, model_params, lora_params, params, args.formatted, data_sha256, len(rows), dtype,
+            load_seconds, counter.tokens, resume_from, key))
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the adapter is safe: its checkpoints are not needed
+    print(f"train: loss {result.training_loss:.4f}, {result.global_step} steps, {train_seconds:.1f}s, "
+          f"{counter.tokens / train_seconds:.0f} real tokens/s; adapter in {args.out}, curves in {TRAIN_LOG_DIR}")
+
+
+def adapter_metadata(trainer, result, model_params, lora_params, params, formatted: Path, data_sha256: str,
+                     train_rows: int, dtype, load_seconds: float, real_tokens: int, resume_from, key: str) -> dict:
+    """Everything needed to reproduce the adapter, and what happened while making it."""
+    from alpaca_qlora.checkpoints import checkpoint_step
+    from alpaca_qlora.data import read_json
+    from alpaca_qlora.metadata import device_description, git_revision, library_versions, peak_memory_gib
+
+    train_seconds = result.metrics["train_runtime"]
+    return {
         "base_model": model_params["name"],
         "backend": params["backend"],
         "params": {"model": model_params, "lora": lora_params, "train": params},
-        "template": read_json(args.formatted / "stats.json")["template"],
-        "data": {"formatted_train_sha256": file_sha256(args.formatted / "train.jsonl"), "train_rows": len(rows)},
+        "template": read_json(formatted / "stats.json")["template"],
+        "data": {"formatted_train_sha256": data_sha256, "train_rows": train_rows},
+        "reproduce": {"command": "dvc repro", "git": git_revision(), "checkpoint_run_key": key},
+        # Steps restored from a checkpoint of a killed run (None: trained from step 0 in one go). The
+        # results below (runtime, real_tokens) cover this process's steps only.
+        "resumed_from_step": checkpoint_step(resume_from) if resume_from else None,
         "effective": {  # what actually ran, after the libraries' own adjustments (Unsloth on CPU, ...)
             "optimizer": str(trainer.args.optim), "packing": bool(trainer.args.packing),
             "padding_free": bool(getattr(trainer.args, "padding_free", False)),
@@ -93,13 +134,11 @@ def main() -> None:
         },
         "results": {
             "train_loss": round(result.training_loss, 6), "train_runtime_s": round(train_seconds, 2),
-            "model_load_s": round(load_seconds, 2), "real_tokens": counter.tokens,
-            "real_tokens_per_s": round(counter.tokens / train_seconds, 1), **peak_memory_gib(),
+            "model_load_s": round(load_seconds, 2), "real_tokens": real_tokens,
+            "real_tokens_per_s": round(real_tokens / train_seconds, 1), **peak_memory_gib(),
         },
         "libraries": library_versions(),
-    })
-    print(f"train: loss {result.training_loss:.4f}, {result.global_step} steps, {train_seconds:.1f}s, "
-          f"{counter.tokens / train_seconds:.0f} real tokens/s; adapter in {args.out}, curves in {TRAIN_LOG_DIR}")
+    }
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def _read_jsonl_records(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                rows.append(json.loads(line.rstrip("\r\n")))
             except json.JSONDecodeError as error:
                 raise DataError(f"{path}:{line_number}: not valid JSON at column {error.colno} ({error.msg}); "
                                 "each line must be one complete JSON object") from None

@@ -48,10 +48,9 @@ def main() -> None:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from alpaca_qlora.atomic import atomic_directory
     from alpaca_qlora.checkpoints import (CHECKPOINTS_DIR, MarkCompleteCallback, last_complete_checkpoint,
                                           load_adapter_in_place, logged_history, replay_into_dvclive, run_key)
-    from alpaca_qlora.data import read_jsonl, write_json
+    from alpaca_qlora.data import read_jsonl
     from alpaca_qlora.metadata import file_sha256
     from alpaca_qlora.models import compute_dtype, load_for_training
     from alpaca_qlora.tracking import TRAIN_LOG_DIR, training_callbacks_and_reporters
@@ -97,15 +96,24 @@ def main() -> None:
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     train_seconds = result.metrics["train_runtime"]
-    with atomic_directory(args.out) as staging:
-        model.save_pretrained(str(staging), safe_serialization=True)
-        tokenizer.save_pretrained(str(staging))
-        write_json(staging / "metadata.json", adapter_metadata(
-            trainer, result, model_params, lora_params, params, args.formatted, data_sha256, len(rows), dtype,
-            load_seconds, counter.tokens, resume_from, key))
+    save_adapter(args.out, model, tokenizer, adapter_metadata(
+        trainer, result, model_params, lora_params, params, args.formatted, data_sha256, len(rows), dtype,
+        load_seconds, counter.tokens, resume_from, key))
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the adapter is safe: its checkpoints are not needed
     print(f"train: loss {result.training_loss:.4f}, {result.global_step} steps, {train_seconds:.1f}s, "
           f"{counter.tokens / train_seconds:.0f} real tokens/s; adapter in {args.out}, curves in {TRAIN_LOG_DIR}")
+
+
+def save_adapter(out: Path, model, tokenizer, metadata: dict) -> None:
+    """Adapter safetensors, config, tokenizer and metadata.json, all renamed into `out` at once when complete:
+    a full disk or a kill while saving leaves no folder that looks like a valid adapter."""
+    from alpaca_qlora.atomic import atomic_directory
+    from alpaca_qlora.data import write_json
+
+    with atomic_directory(out) as staging:
+        model.save_pretrained(str(staging), safe_serialization=True)
+        tokenizer.save_pretrained(str(staging))
+        write_json(staging / "metadata.json", metadata)
 
 
 def adapter_metadata(trainer, result, model_params, lora_params, params, formatted: Path, data_sha256: str,

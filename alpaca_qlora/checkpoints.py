@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +133,28 @@ def load_adapter_in_place(model, checkpoint: Path) -> None:
         raise RuntimeError(f"{checkpoint}: adapter weights do not match the model (unexpected "
                            f"{result.unexpected_keys[:5]}, missing {missing_lora[:5]}); delete {checkpoint.parent} "
                            "to start over")
+
+
+class CheckpointOnSigterm(TrainerCallback):
+    """On SIGTERM (what schedulers, Kubernetes and spot/preemptible VMs send before killing), finish the
+    current optimizer step, save a checkpoint and stop, instead of dying and losing up to save_steps steps.
+
+    The stage then exits with 143 (128 + SIGTERM) without writing the adapter; `dvc repro` resumes there.
+    A second SIGTERM, or SIGKILL, ends the process at once, and the last complete checkpoint is used.
+    """
+
+    def __init__(self):
+        self.received = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.received:  # asked twice: stop now
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+        self.received = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received:
+            control.should_save = args.save_strategy != "no"
+            control.should_training_stop = True
+        return control

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -48,8 +50,9 @@ def main() -> None:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from alpaca_qlora.checkpoints import (CHECKPOINTS_DIR, MarkCompleteCallback, last_complete_checkpoint,
-                                          load_adapter_in_place, logged_history, replay_into_dvclive, run_key)
+    from alpaca_qlora.checkpoints import (CHECKPOINTS_DIR, CheckpointOnSigterm, MarkCompleteCallback,
+                                          last_complete_checkpoint, load_adapter_in_place, logged_history,
+                                          replay_into_dvclive, run_key)
     from alpaca_qlora.data import read_jsonl
     from alpaca_qlora.metadata import file_sha256
     from alpaca_qlora.models import compute_dtype, load_for_training
@@ -85,8 +88,9 @@ def main() -> None:
         bf16=on_gpu and dtype == torch.bfloat16, fp16=on_gpu and dtype == torch.float16,
         use_cpu=not on_gpu, dataset_num_proc=1, disable_tqdm=True,
     )
+    sigterm = CheckpointOnSigterm()
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=callbacks + [MarkCompleteCallback()])
+                         callbacks=callbacks + [MarkCompleteCallback(), sigterm])
     # The Trainer restores optimizer, scheduler, RNG and data position; the adapter weights are copied into
     # the existing LoRA modules instead of being rebuilt (see load_adapter_in_place for why).
     trainer._load_from_checkpoint = lambda checkpoint, model=None: load_adapter_in_place(model or trainer.model,
@@ -94,6 +98,11 @@ def main() -> None:
     counter = RealTokenCounter(trainer.data_collator)
     trainer.data_collator = counter
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if sigterm.received:
+        print(f"train: SIGTERM: stopped at step {result.global_step}"
+              + (f", checkpoint saved in {checkpoint_dir}; rerun `dvc repro` to resume" if params["save_steps"]
+                 else "; train.save_steps is 0, so the next run starts over"))
+        sys.exit(128 + signal.SIGTERM)
 
     train_seconds = result.metrics["train_runtime"]
     save_adapter(args.out, model, tokenizer, adapter_metadata(

@@ -28,7 +28,8 @@ GOOD = {"instruction": "Say hi.", "input": "", "output": "Hi."}
     ("data.json", b'[{"instruction": "a", "output": "b"},\n {"instruction": "c" "output": "d"}]',
      r"data.json:2: not valid JSON at column 22, character offset 59 \(Expecting ',' delimiter\)"),
     ("data.jsonl", b'{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": "d"\n',
-     r"data.jsonl:2: not valid JSON at column 35 \(Expecting ',' delimiter\); each line must be one complete JSON object"),
+     r"data.jsonl:2: not valid JSON at column 35 \(Expecting ',' delimiter\); each line must be one complete "
+     r"JSON object"),
     ("data.jsonl", b'{"instruction": "a", "output": "b"}\n{"instruction": "caf\xe9", "output": "d"}\n',
      r"data.jsonl:2: not UTF-8 \(byte offset 56: invalid continuation byte\); re-encode the file as UTF-8"),
     ("data.json", b'[{"instruction": "a",\n "output": "\xff"}]',
@@ -218,8 +219,8 @@ def fake_checkpoint(run_dir, step: int, *, complete: bool):
     folder.mkdir(parents=True)
     (folder / "adapter_model.safetensors").write_bytes(b"w" * step)
     (folder / "optimizer.pt").write_bytes(b"o" * step)
-    (folder / "trainer_state.json").write_text(json.dumps({
-        "global_step": step, "log_history": [{"loss": 9.0 - s, "learning_rate": 0.1, "step": s} for s in range(1, step + 1)]}))
+    history = [{"loss": 9.0 - s, "learning_rate": 0.1, "step": s} for s in range(1, step + 1)]
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": history}))
     if complete:
         mark_complete(folder, step)
     return folder

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from alpaca_qlora.checkpoints import is_complete
 from alpaca_qlora.metadata import file_sha256
 from alpaca_qlora.offline_workspace import overlay_params, parse_override
 from tests.conftest import cli_env, run_dvc, stages_run
@@ -45,8 +47,8 @@ def run_until_checkpoint(workspace: Path, step: int, sig: signal.Signals) -> str
 
 def test_killed_training_resumes_from_the_last_complete_checkpoint(offline_workspace_factory,
                                                                    reproduced_workspace):
-    """SIGKILL at step ~20, SIGTERM at step ~60, then `dvc repro` finishes: same adapter and curves as one
-    uninterrupted run (reproduced_workspace), bit for bit, since the CPU path is deterministic."""
+    """SIGKILL after step 20, SIGTERM after step 60, then `dvc repro` finishes: same adapter and curves as
+    one uninterrupted run (reproduced_workspace), bit for bit, since the CPU path is deterministic."""
     workspace = offline_workspace_factory()
     run_dvc(workspace, "repro", "format")
     run_until_checkpoint(workspace, 20, signal.SIGKILL)
@@ -54,6 +56,10 @@ def test_killed_training_resumes_from_the_last_complete_checkpoint(offline_works
     run_dir = next((workspace / "build/checkpoints").iterdir())
     output = run_until_checkpoint(workspace, 60, signal.SIGTERM)
     assert f"train: resuming from {run_dir.relative_to(workspace)}/checkpoint-" in output
+    # SIGTERM (a preemption notice) lets the step finish, saves a checkpoint there and exits without an adapter
+    stopped = int(re.search(r"train: SIGTERM: stopped at step (\d+), checkpoint saved", output).group(1))
+    assert 60 <= stopped < 100 and is_complete(run_dir / f"checkpoint-{stopped}")
+    assert not (workspace / "models/adapter").exists()
     partial = run_dir / "checkpoint-99"  # as if killed while the Trainer was writing it: never to be used
     partial.mkdir()
     (partial / "adapter_model.safetensors").write_bytes(b"half")
@@ -62,7 +68,7 @@ def test_killed_training_resumes_from_the_last_complete_checkpoint(offline_works
     assert stages_run(output) == ["train", "evaluate"]
     assert f"removing incomplete checkpoint {run_dir.relative_to(workspace)}/checkpoint-99" in output
     meta = json.loads((workspace / "models/adapter/metadata.json").read_text())
-    assert 60 <= meta["resumed_from_step"] < 100, "resumed at the last complete checkpoint, not at 0"
+    assert meta["resumed_from_step"] == stopped, "resumed at the last complete checkpoint, not at 0"
     assert meta["effective"]["global_steps"] == 100
     assert not run_dir.exists(), "checkpoints are deleted once the adapter is saved"
 

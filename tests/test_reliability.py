@@ -329,3 +329,21 @@ def test_no_unsafe_unpickling_in_our_code():
             if re.search(r"\bpickle\.loads?\(", line):
                 offenders.append(f"{path.relative_to(REPO_ROOT)}:{number}")
     assert offenders == []
+
+
+def test_sample_stage_warns_about_duplicates_counts_them_and_keeps_them(offline_workspace_factory, tmp_path):
+    import sys
+
+    from tests.conftest import cli_env
+
+    rows = [{"instruction": f"Task {i % 7}.", "input": "", "output": f"Answer {i % 7}."} for i in range(20)]
+    source = tmp_path / "dups.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    workspace = offline_workspace_factory(f"data.source={source}", "data.fraction=0.5", "data.eval_size=5")
+    done = subprocess.run([sys.executable, "-m", "stages.sample", "--out", "data/sampled"], cwd=workspace,
+                          env=cli_env(), check=True, capture_output=True, text=True)
+    assert (f"sample: warning: 13 duplicate record(s) in {source}, kept and counted in stats.json "
+            f"({source}:8 repeats {source}:1;") in done.stdout
+    stats = json.loads((workspace / "data/sampled/stats.json").read_text())
+    assert stats["duplicate_records"] == 13 and stats["source_records"] == 20 and stats["train_records"] == 10
+    assert sorted(p.name for p in (workspace / "data").iterdir() if p.name.startswith(".")) == []

@@ -12,6 +12,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from alpaca_qlora.atomic import atomic_write_bytes
+
 FIELDS = ("instruction", "input", "output")
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
 
@@ -34,15 +36,20 @@ def load_records(source: str, *, split: str = "train") -> tuple[list[dict[str, A
         if not path.is_file():
             raise DataError(f"data.source: local file {source} does not exist")
         if path.suffix == ".jsonl":
-            return _read_jsonl_records(path)
-        if path.suffix == ".json":
-            return _read_json_records(path)
-        if path.suffix == ".parquet":
+            rows, where = _read_jsonl_records(path)
+        elif path.suffix == ".json":
+            rows, where = _read_json_records(path)
+        elif path.suffix == ".parquet":
             import pyarrow.parquet as pq
 
             rows = pq.read_table(path).to_pylist()
-            return rows, [f"{path} row {i}" for i in range(len(rows))]
-        raise DataError(f"data.source: {source} must end in one of {', '.join(LOCAL_SUFFIXES)}")
+            where = [f"{path} row {i}" for i in range(len(rows))]
+        else:
+            raise DataError(f"data.source: {source} must end in one of {', '.join(LOCAL_SUFFIXES)}")
+        if not rows:
+            raise DataError(f"{path}: the file holds no records; data.source must point to a non-empty "
+                            "Alpaca-format file (objects with instruction, input, output)")
+        return rows, where
     import datasets
 
     try:
@@ -55,25 +62,42 @@ def load_records(source: str, *, split: str = "train") -> tuple[list[dict[str, A
 
 
 def _read_jsonl_records(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    rows, where = [], []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    """Read bytes line by line, so a decoding error is reported with its line and byte offset too."""
+    rows, where, offset = [], [], 0
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(f"{path}:{line_number}: not UTF-8 (byte offset {offset + error.start}: "
+                                f"{error.reason}); re-encode the file as UTF-8") from None
+            offset += len(raw)
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                rows.append(json.loads(line.rstrip("\r\n")))
             except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
+                raise DataError(f"{path}:{line_number}: not valid JSON at column {error.colno} ({error.msg}); "
+                                "each line must be one complete JSON object") from None
             where.append(f"{path}:{line_number}")
     return rows, where
 
 
 def _read_json_records(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    data = path.read_bytes()
     try:
-        with open(path, encoding="utf-8") as handle:
-            rows = json.load(handle)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 (byte offset {error.start}: {error.reason}); "
+                        "re-encode the file as UTF-8") from None
+    if not text.strip():
+        return [], []
+    try:
+        rows = json.loads(text)
     except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not valid JSON at line {error.lineno} ({error.msg})") from None
+        raise DataError(f"{path}:{error.lineno}: not valid JSON at column {error.colno}, character offset "
+                        f"{error.pos} ({error.msg})") from None
     if not isinstance(rows, list):
         raise DataError(f"{path}: expected a JSON list of records, got {type(rows).__name__}")
     return rows, [f"{path} record {i}" for i in range(len(rows))]
@@ -99,6 +123,23 @@ def validate_records(rows: list[Any], where: list[str]) -> list[dict[str, str]]:
             raise DataError(f"{location}: field 'input' must be a string (may be empty), got {value!r}")
         clean.append({"instruction": row["instruction"], "input": value, "output": row["output"]})
     return clean
+
+
+def find_duplicates(records: list[dict[str, str]], where: list[str]) -> list[tuple[str, str]]:
+    """(location of a repeat, location of its first occurrence) for every exact repeat of a record.
+
+    Duplicates are kept, not dropped: removing them would change which records a seed samples. The sample
+    stage warns and counts them in data/sampled/stats.json, so a user can clean the source if they matter.
+    """
+    first_seen: dict[str, str] = {}
+    repeats = []
+    for record, location in zip(records, where):
+        key = canonical_json(record)
+        if key in first_seen:
+            repeats.append((location, first_seen[key]))
+        else:
+            first_seen[key] = location
+    return repeats
 
 
 def fingerprint(records: Iterable[dict[str, Any]]) -> str:
@@ -134,14 +175,13 @@ def canonical_json(value: Any) -> str:
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
-    """Write rows as canonical JSON lines (sorted keys, "\\n" endings): byte-identical for equal rows."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with open(path, "w", encoding="utf-8", newline="\n") as handle:
-        for row in rows:
-            handle.write(canonical_json(row) + "\n")
-            count += 1
-    return count
+    """Write rows as canonical JSON lines (sorted keys, "\\n" endings): byte-identical for equal rows.
+
+    Written to a temporary file and renamed, so a killed run never leaves a truncated file behind.
+    """
+    lines = [canonical_json(row) + "\n" for row in rows]
+    atomic_write_bytes(Path(path), "".join(lines).encode("utf-8"))
+    return len(lines)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -155,5 +195,5 @@ def read_json(path: Path) -> Any:
 
 def write_json(path: Path, value: Any) -> None:
     """Stable, human-readable JSON (sorted keys, trailing newline) for stats, metrics and metadata."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, ensure_ascii=False, sort_keys=True, indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True, indent=2) + "\n"
+    atomic_write_bytes(Path(path), text.encode("utf-8"))

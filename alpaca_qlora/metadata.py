@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import platform
+import subprocess
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
@@ -45,3 +46,18 @@ def peak_memory_gib() -> dict[str, float]:
     if torch.cuda.is_available():
         return {"peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
     return {"peak_cpu_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+
+
+def git_revision() -> dict[str, object] | None:
+    """The commit the run started from and whether tracked files differed from it (None outside git).
+
+    dvc.lock is left out of "dirty": `dvc repro` rewrites it as part of the very run being described.
+    """
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                                timeout=10).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                 text=True, check=True, timeout=30).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": any(line[3:] != "dvc.lock" for line in changed)}

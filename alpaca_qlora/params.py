@@ -16,7 +16,8 @@ PARAMS_FILE = Path("params.yaml")
 # section -> key -> accepted types. The one list of keys the code understands.
 SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "data": {"source": (str,), "split": (str,), "fraction": (float, int), "eval_size": (int,), "seed": (int,)},
-    "model": {"name": (str,), "max_seq_length": (int,), "load_in_4bit": (bool,), "offline_seed": (int,)},
+    "model": {"name": (str,), "max_seq_length": (int,), "load_in_4bit": (bool,), "offline_seed": (int,),
+              "trust_remote_code": (bool,)},
     "format": {"template": (str,), "input_free_variant": (bool,), "too_long": (str,)},
     "lora": {"r": (int,), "alpha": (int, float), "dropout": (float, int), "target_modules": (list,)},
     "train": {
@@ -24,7 +25,7 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "batch_size": (int,), "gradient_accumulation_steps": (int,), "warmup_steps": (int,),
         "lr_scheduler": (str,), "weight_decay": (float, int), "optimizer": (str,), "packing": (bool,),
         "train_on_prompt": (bool,), "seed": (int,), "logging_steps": (int,), "wandb_mode": (str,),
-        "wandb_project": (str,), "num_processes": (int,), "launcher": (str,),
+        "wandb_project": (str,), "num_processes": (int,), "launcher": (str,), "save_steps": (int,),
     },
     "evaluate": {"batch_size": (int,), "num_generations": (int,), "max_new_tokens": (int,)},
 }
@@ -34,6 +35,28 @@ CHOICES = {
     ("train", "backend"): ("unsloth", "hf"),
     ("train", "wandb_mode"): ("disabled", "offline", "online"),
     ("train", "launcher"): ("torchrun", "accelerate"),
+}
+
+
+# section, key -> (test, what the value must be). Checked after the type, so a bad value fails here with its
+# key instead of deep inside TRL or PEFT, or (for data.fraction) after minutes of loading data.
+BOUNDS = {
+    ("data", "fraction"): (lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("data", "eval_size"): (lambda v: v >= 1, "at least 1"),
+    ("model", "max_seq_length"): (lambda v: v >= 16, "at least 16"),
+    ("lora", "r"): (lambda v: v >= 1, "a positive integer (the LoRA rank, e.g. 16)"),
+    ("lora", "alpha"): (lambda v: v > 0, "positive"),
+    ("lora", "dropout"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("lora", "target_modules"): (lambda v: bool(v) and all(isinstance(m, str) and m for m in v),
+                                 "a non-empty list of module names"),
+    ("train", "learning_rate"): (lambda v: v > 0, "positive"),
+    ("train", "epochs"): (lambda v: v > 0, "positive"),
+    ("train", "max_steps"): (lambda v: v == -1 or v >= 1, "-1 (all epochs) or a positive number of steps"),
+    ("train", "batch_size"): (lambda v: v >= 1, "at least 1"),
+    ("train", "gradient_accumulation_steps"): (lambda v: v >= 1, "at least 1"),
+    ("train", "warmup_steps"): (lambda v: v >= 0, "0 or more"),
+    ("train", "logging_steps"): (lambda v: v >= 1, "at least 1"),
+    ("train", "save_steps"): (lambda v: v >= 0, "0 (no checkpoints) or a positive number of steps"),
 }
 
 
@@ -74,8 +97,22 @@ def validate_section(name: str, section: dict[str, Any], path: Path | str = PARA
         # bool is an int in Python: refuse `r: true` and `packing: 1` alike.
         if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
             expected = " or ".join(t.__name__ for t in types)
-            raise ParamsError(f"{path}: key '{name}.{key}' must be {expected}, got {value!r}")
+            hint = ""
+            if isinstance(value, str) and _is_number(value) and (int in types or float in types):
+                hint = f"; it is a quoted string: write {value} without quotes"
+            raise ParamsError(f"{path}: key '{name}.{key}' must be {expected}, got {value!r}{hint}")
         allowed = CHOICES.get((name, key))
         if allowed and value not in allowed:
             raise ParamsError(f"{path}: key '{name}.{key}' must be one of {', '.join(allowed)}, got {value!r}")
+        bound = BOUNDS.get((name, key))
+        if bound and not bound[0](value):
+            raise ParamsError(f"{path}: key '{name}.{key}' must be {bound[1]}, got {value!r}")
     return dict(section)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -10,6 +10,9 @@ def load_tokenizer(model_params: dict[str, Any]):
     """The tokenizer of `model.name` (hub id, local directory or offline:<preset>), padded safely."""
     from transformers import AutoTokenizer
 
+    from alpaca_qlora.environment import check_model_reachable
+
+    check_model_reachable(model_params["name"])  # name the id and HF_HUB_OFFLINE, not a hub stack trace
     return ensure_pad_token(AutoTokenizer.from_pretrained(resolve_model_path(model_params)))
 
 

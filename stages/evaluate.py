@@ -11,6 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
+from alpaca_qlora.atomic import atomic_write_bytes
 from alpaca_qlora.params import load_section
 
 
@@ -69,8 +70,7 @@ def write_generations_report(path: Path, rows, base_texts, tuned_texts, model_na
         lines += [f"## Record {row['id']}\n", "**Prompt**\n", fenced(row["prompt"]),
                   "**Reference**\n", fenced(reference), "**Fine-tuned (base + adapter)**\n", fenced(tuned_text),
                   "**Base model**\n", fenced(base_text)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines), encoding="utf-8")
+    atomic_write_bytes(path, "\n".join(lines).encode("utf-8"))
 
 
 def fenced(text: str) -> str:

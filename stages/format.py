@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from alpaca_qlora.atomic import atomic_directory
 from alpaca_qlora.data import read_jsonl, write_json, write_jsonl
 from alpaca_qlora.formatting import format_records
 from alpaca_qlora.tokenizer import load_tokenizer
@@ -22,13 +23,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("data/formatted"))
     args = parser.parse_args()
     params, model_params = load_section("format"), load_section("model")
-    if model_params["max_seq_length"] < 16:
-        raise ValueError(f"params.yaml: model.max_seq_length must be at least 16, got {model_params['max_seq_length']}")
 
     tokenizer = load_tokenizer(model_params)
     template = PromptTemplate.load(params["template"])
     stats = {"template": template.as_dict(), "input_free_variant": params["input_free_variant"],
              "too_long": params["too_long"], "eos_token": tokenizer.eos_token}
+    outputs = {}
     for split in ("train", "eval"):
         rows, report = format_records(
             read_jsonl(args.sampled / f"{split}.jsonl"), tokenizer=tokenizer, template=template,
@@ -36,12 +36,15 @@ def main() -> None:
             too_long=params["too_long"])
         if not rows:
             raise ValueError(f"format: every {split} row was dropped as too long; raise model.max_seq_length")
-        write_jsonl(args.out / f"{split}.jsonl", rows)
+        outputs[f"{split}.jsonl"] = rows
         stats[split] = report.summary(model_params["max_seq_length"])
         print(f"format: {split}: {len(rows)} rows, mean {stats[split]['tokens_mean']} tokens, "
               f"{stats[split]['rows_over_max_seq_length']} over max_seq_length "
               f"({len(report.truncated_ids)} truncated, {len(report.dropped_ids)} dropped)")
-    write_json(args.out / "stats.json", stats)
+    with atomic_directory(args.out) as staging:  # nothing is written until every row is formatted
+        for name, rows in outputs.items():
+            write_jsonl(staging / name, rows)
+        write_json(staging / "stats.json", stats)
 
 
 if __name__ == "__main__":

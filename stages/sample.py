@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from alpaca_qlora.data import (fingerprint, load_records, sample_indices, validate_records, write_json,
-                               write_jsonl)
+from alpaca_qlora.atomic import atomic_directory
+from alpaca_qlora.data import (find_duplicates, fingerprint, load_records, sample_indices, validate_records,
+                               write_json, write_jsonl)
 from alpaca_qlora.params import load_section
 
 
@@ -21,22 +22,32 @@ def main() -> None:
 
     rows, where = load_records(params["source"], split=params["split"])
     records = validate_records(rows, where)
+    duplicates = find_duplicates(records, where)
+    if duplicates:
+        shown = "; ".join(f"{repeat} repeats {first}" for repeat, first in duplicates[:5])
+        print(f"sample: warning: {len(duplicates)} duplicate record(s) in {params['source']}, kept and counted "
+              f"in stats.json ({shown}{'; ...' if len(duplicates) > 5 else ''})")
     train_ids, eval_ids = sample_indices(len(records), fraction=params["fraction"],
                                          eval_size=params["eval_size"], seed=params["seed"])
     # "id" is the record's position in the source: it traces any row back to where it came from.
     train = [{"id": i, **records[i]} for i in train_ids]
     held_out = [{"id": i, **records[i]} for i in eval_ids]
 
-    write_jsonl(args.out / "train.jsonl", train)
-    write_jsonl(args.out / "eval.jsonl", held_out)
-    write_json(args.out / "stats.json", {
+    with atomic_directory(args.out) as staging:  # all three files appear together, or none
+        write_outputs(staging, params, records, train, held_out, len(duplicates))
+    print(f"sample: {len(train)} train + {len(held_out)} eval records of {len(records)} from {params['source']}")
+
+
+def write_outputs(out: Path, params, records, train, held_out, duplicate_records: int) -> None:
+    write_jsonl(out / "train.jsonl", train)
+    write_jsonl(out / "eval.jsonl", held_out)
+    write_json(out / "stats.json", {
         "source": params["source"], "source_records": len(records),
-        "source_fingerprint": fingerprint(records),
+        "source_fingerprint": fingerprint(records), "duplicate_records": duplicate_records,
         "train_records": len(train), "eval_records": len(held_out),
         "train_with_input": sum(bool(r["input"].strip()) for r in train),
         "train_fingerprint": fingerprint(train), "eval_fingerprint": fingerprint(held_out),
     })
-    print(f"sample: {len(train)} train + {len(held_out)} eval records of {len(records)} from {params['source']}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ PARAMS = REPO_ROOT / "params.yaml"
 def test_committed_params_are_the_seed_configuration():
     params = read_yaml(PARAMS)
     assert params["model"] == {"name": "unsloth/mistral-7b-instruct-v0.2-bnb-4bit", "max_seq_length": 2048,
-                               "load_in_4bit": True, "offline_seed": 0}
+                               "load_in_4bit": True, "offline_seed": 0,
+                               "trust_remote_code": False}
     assert params["lora"] == {"r": 16, "alpha": 16, "dropout": 0.0, "target_modules": [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
     assert params["data"]["source"] == "yahma/alpaca-cleaned" and params["data"]["fraction"] == 0.1

@@ -20,7 +20,7 @@ def test_committed_params_are_the_seed_configuration():
     assert params["data"]["source"] == "yahma/alpaca-cleaned" and params["data"]["fraction"] == 0.1
     train = params["train"]
     assert (train["backend"], train["epochs"], train["learning_rate"], train["seed"]) == ("unsloth", 1, 2e-4, 3407)
-    assert (train["batch_size"], train["gradient_accumulation_steps"], train["warmup_steps"]) == (2, 4, 5)
+    assert (train["batch_size"], train["gradient_accumulation_steps"], train["warmup_steps"]) == (4, 2, 5)
     assert (train["optimizer"], train["lr_scheduler"]) == ("adamw_8bit", "linear")
 
 

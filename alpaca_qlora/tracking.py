@@ -37,22 +37,17 @@ def _reachable(url: str, timeout_s: float) -> bool:
         return False
 
 
-def run_revision() -> dict[str, str | None]:
+def run_revision() -> dict[str, str | bool | None]:
     """Where this run comes from: the git commit, and the DVC experiment when `dvc exp run` started it.
 
-    DVC sets DVC_EXP_BASELINE_REV (the commit the experiment is based on) and DVC_EXP_NAME in the
+    The commit and its dirty flag are metadata.git_revision's, the same ones the adapter's metadata.json
+    records. DVC sets DVC_EXP_BASELINE_REV (the commit the experiment is based on) and DVC_EXP_NAME in the
     environment of the stage commands it runs for an experiment; `dvc exp show` lists that name.
     """
-    import subprocess
+    from alpaca_qlora.metadata import git_revision
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                                timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                    text=True, check=True, timeout=10).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
-    return {"git_commit": commit, "git_dirty": dirty, "dvc_exp_name": os.environ.get("DVC_EXP_NAME"),
+    git = git_revision() or {"commit": None, "dirty": None}
+    return {"git_commit": git["commit"], "git_dirty": git["dirty"], "dvc_exp_name": os.environ.get("DVC_EXP_NAME"),
             "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV")}
 
 

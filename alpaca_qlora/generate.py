@@ -36,8 +36,7 @@ def adapter_prompt_renderer(metadata: dict[str, Any], *, path: Path) -> Callable
     except KeyError as missing:
         raise ValueError(f"{path}: no {missing} recorded; retrain with the current train stage, which records "
                          "the template and format.input_free_variant beside the adapter") from None
-    template = PromptTemplate(**{key: spec[key] for key in ("name", "prompt_input", "prompt_no_input",
-                                                            "response_marker")})
+    template = PromptTemplate.from_dict(spec)
 
     def render(instruction: str, input_text: str = "") -> str:
         return template.render_prompt({"instruction": instruction, "input": input_text},
@@ -78,13 +77,10 @@ def stream_answer(model, tokenizer, prompt: str, *, max_new_tokens: int, on_text
 
 def load_adapter_for_inference(adapter_dir: Path, backend: str | None = None):
     """(model, tokenizer, render) for a trained adapter folder, through alpaca_qlora.models' loaders."""
-    from alpaca_qlora.data import read_json
+    from alpaca_qlora.metadata import read_adapter_metadata
 
-    path = adapter_dir / "metadata.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: --adapter must be a folder written by the train stage")
-    metadata = read_json(path)
-    render = adapter_prompt_renderer(metadata, path=path)
+    metadata = read_adapter_metadata(adapter_dir)
+    render = adapter_prompt_renderer(metadata, path=adapter_dir / "metadata.json")
     if backend is None:
         import torch
 

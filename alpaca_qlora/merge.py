@@ -34,18 +34,14 @@ SAVE_DTYPES = ("bfloat16", "float16", "float32")
 
 def adapter_model_params(adapter_dir: Path) -> dict[str, Any]:
     """The `model` params the adapter was trained with, from the metadata.json the train stage wrote."""
-    from alpaca_qlora.data import read_json
+    from alpaca_qlora.metadata import read_adapter_metadata
 
-    path = adapter_dir / "metadata.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: --adapter must be a folder written by the train stage "
-                                "(models/adapter), which records the base model it was trained on")
-    metadata = read_json(path)
+    metadata = read_adapter_metadata(adapter_dir)
     try:
         return dict(metadata["params"]["model"])
     except KeyError as missing:
-        raise ValueError(f"{path}: no params.model ({missing} missing); retrain with the current train stage") \
-            from None
+        raise ValueError(f"{adapter_dir / 'metadata.json'}: no params.model ({missing} missing); retrain with "
+                         "the current train stage") from None
 
 
 def merge_adapter(adapter_dir: Path, out_dir: Path, *, base_weights: str | None = None, base: str | None = None,
@@ -56,11 +52,10 @@ def merge_adapter(adapter_dir: Path, out_dir: Path, *, base_weights: str | None 
     cast to `save_dtype` once at the end.
     """
     import torch
-    from peft import PeftModel
     from transformers import AutoTokenizer
 
     from alpaca_qlora.data import write_json
-    from alpaca_qlora.models import load_base_16bit
+    from alpaca_qlora.models import attach_adapter, load_base_16bit
 
     model_params = adapter_model_params(adapter_dir)
     if base_weights is None:
@@ -74,7 +69,8 @@ def merge_adapter(adapter_dir: Path, out_dir: Path, *, base_weights: str | None 
 
     model, _ = load_base_16bit(model_params, dequantize_4bit=base_weights == "dequantized")
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))  # the one training used, pad token included
-    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    # attach_adapter: the same safetensors-only loading as evaluation and generation.
+    merged = attach_adapter(model, "hf", adapter_dir).merge_and_unload()
     merged = merged.to(getattr(torch, save_dtype))
     merged.config.dtype = getattr(torch, save_dtype)
     out_dir.mkdir(parents=True, exist_ok=True)

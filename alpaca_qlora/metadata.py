@@ -61,3 +61,15 @@ def git_revision() -> dict[str, object] | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return {"commit": commit, "dirty": any(line[3:] != "dvc.lock" for line in changed)}
+
+
+def read_adapter_metadata(adapter_dir: Path) -> dict:
+    """The metadata.json that the train stage wrote beside an adapter: what generate and merge rebuild from."""
+    from alpaca_qlora.data import read_json
+
+    path = adapter_dir / "metadata.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: --adapter must be a folder written by the train stage "
+                                "(models/adapter), which records the base model, template and params it was "
+                                "trained with")
+    return read_json(path)

@@ -30,7 +30,12 @@ class PromptTemplate:
         missing = [key for key in REQUIRED_KEYS if key not in spec]
         if missing:
             raise ValueError(f"{path}: missing key(s) {', '.join(missing)}")
-        return cls(name=name, **{key: spec[key] for key in REQUIRED_KEYS})
+        return cls.from_dict({**spec, "name": name})
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, str]) -> "PromptTemplate":
+        """The inverse of as_dict: a template recorded beside an adapter (metadata.json) back in use."""
+        return cls(name=spec["name"], **{key: spec[key] for key in REQUIRED_KEYS})
 
     def render_prompt(self, record: dict[str, str], *, input_free_variant: bool) -> str:
         """The prompt for one record, ending with the response marker.

@@ -177,12 +177,13 @@ def adapter_metadata(trainer, result, model_params, lora_params, params, formatt
     from alpaca_qlora.metadata import device_description, git_revision, library_versions, peak_memory_gib
 
     train_seconds = result.metrics["train_runtime"]
+    format_stats = read_json(formatted / "stats.json")
     return {
         "base_model": model_params["name"],
         "backend": params["backend"],
         "params": {"model": model_params, "lora": lora_params, "train": params},
-        "template": read_json(formatted / "stats.json")["template"],
-        "format": {"input_free_variant": read_json(formatted / "stats.json")["input_free_variant"]},
+        "template": format_stats["template"],
+        "format": {"input_free_variant": format_stats["input_free_variant"]},
         "data": {"formatted_train_sha256": data_sha256, "train_rows": train_rows},
         "reproduce": {"command": "dvc repro", "git": git_revision(), "checkpoint_run_key": key},
         # Steps restored from a checkpoint of a killed run (None: trained from step 0 in one go). The

@@ -27,7 +27,7 @@ $(VENV)/.installed: requirements.txt
 
 # The real dvc.yaml run end to end on the offline profile, in a scratch copy (params.yaml stays as is).
 smoke: install
-	$(BIN)/python -m alpaca_qlora.offline_workspace $(SMOKE_DIR) --force
+	$(BIN)/python -m alpaca_qlora.cli.offline_workspace $(SMOKE_DIR) --force
 	cd $(SMOKE_DIR) && dvc exp run $(ARGS)
 	cd $(SMOKE_DIR) && dvc metrics show
 	@echo "Smoke run in $(SMOKE_DIR): generations in $(SMOKE_DIR)/reports/generations.md, adapter in $(SMOKE_DIR)/models/adapter"

@@ -24,17 +24,19 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "backend": (str,), "learning_rate": (float,), "epochs": (float, int), "max_steps": (int,),
         "batch_size": (int,), "gradient_accumulation_steps": (int,), "warmup_steps": (int,),
         "lr_scheduler": (str,), "weight_decay": (float, int), "optimizer": (str,), "packing": (bool,),
-        "train_on_prompt": (bool,), "seed": (int,), "logging_steps": (int,), "wandb_mode": (str,),
-        "wandb_project": (str,), "num_processes": (int,), "launcher": (str,), "save_steps": (int,),
+        "train_on_prompt": (bool,), "seed": (int,), "num_processes": (int,),
     },
+    # How the train stage runs and reports, never what it learns: no stage declares this section in dvc.yaml.
+    "runtime": {"launcher": (str,), "logging_steps": (int,), "save_steps": (int,), "wandb_mode": (str,),
+                "wandb_project": (str,)},
     "evaluate": {"batch_size": (int,), "num_generations": (int,), "max_new_tokens": (int,)},
 }
 
 CHOICES = {
     ("format", "too_long"): ("truncate", "drop", "error"),
     ("train", "backend"): ("unsloth", "hf"),
-    ("train", "wandb_mode"): ("disabled", "offline", "online"),
-    ("train", "launcher"): ("torchrun", "accelerate"),
+    ("runtime", "wandb_mode"): ("disabled", "offline", "online"),
+    ("runtime", "launcher"): ("torchrun", "accelerate"),
 }
 
 
@@ -55,8 +57,9 @@ BOUNDS = {
     ("train", "batch_size"): (lambda v: v >= 1, "at least 1"),
     ("train", "gradient_accumulation_steps"): (lambda v: v >= 1, "at least 1"),
     ("train", "warmup_steps"): (lambda v: v >= 0, "0 or more"),
-    ("train", "logging_steps"): (lambda v: v >= 1, "at least 1"),
-    ("train", "save_steps"): (lambda v: v >= 0, "0 (no checkpoints) or a positive number of steps"),
+    ("train", "num_processes"): (lambda v: v >= 1, "at least 1"),
+    ("runtime", "logging_steps"): (lambda v: v >= 1, "at least 1"),
+    ("runtime", "save_steps"): (lambda v: v >= 0, "0 (no checkpoints) or a positive number of steps"),
 }
 
 

@@ -69,7 +69,7 @@ def make_token_rows(count: int, *, vocab_size: int, seed: int = 0) -> list[dict[
 
 
 def main() -> None:
-    from alpaca_qlora.data import write_jsonl
+    from alpaca_qlora.files import write_jsonl
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)

@@ -12,7 +12,7 @@ stage's own torchrun relaunch. The per-device batch stays the same (weak scaling
 N processes an optimizer step holds N times the rows, and efficiency = tokens/s(N) / (N x tokens/s(1)).
 
 Two figures per run:
-- `steady_tokens_per_s`: from the stage's batch log (ALPACA_QLORA_BATCH_LOG, alpaca_qlora/distributed.py):
+- `steady_tokens_per_s`: from the stage's batch log (ALPACA_QLORA_BATCH_LOG, alpaca_qlora/training/distributed.py):
   the real tokens of each rank's micro-batches after the first --warmup-steps optimizer steps, over the
   wall time between their collation, summed over the ranks. Model load, compilation and warm-up are out.
 - `stage_tokens_per_s`: the stage's own metadata figure, all real tokens over `train_runtime` (warm-up in).
@@ -27,7 +27,7 @@ import shutil
 import time
 from pathlib import Path
 
-from alpaca_qlora.distributed import BATCH_LOG_ENV
+from alpaca_qlora.training.distributed import BATCH_LOG_ENV
 from benchmarks import gpu_job
 
 

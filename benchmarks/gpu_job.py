@@ -7,7 +7,7 @@
     python -m benchmarks.gpu_job plot $OUT/packed $OUT/unpacked --out benchmarks/loss_curves.png
 
 `prepare` builds `offline:mistral-7b-geometry` (random weights, bf16, on the GPU) through
-alpaca_qlora/offline.py, with the Mistral tokenizer file given (mistral-common is not on the GPU image),
+alpaca_qlora/modeling/offline_models.py, with the Mistral tokenizer file given (mistral-common is not on the GPU image),
 then saves it pre-quantized in 4-bit NF4, the form in which the real base model is downloaded.
 `run` makes a scratch copy of the stages with profiles/gpu-benchmark.yaml and each --set laid over
 params.yaml, runs the stage modules (the commands of dvc.yaml) one by one and records the wall time of
@@ -43,7 +43,7 @@ STAGE_COMMANDS = {  # as in dvc.yaml
 def prepare(tokenizer_model: Path | None, presets: list[str]) -> dict[str, float]:
     import torch
 
-    from alpaca_qlora import offline
+    from alpaca_qlora.modeling import offline_models as offline
     from benchmarks.alpaca_length_data import make_records
 
     timings = {}
@@ -59,7 +59,7 @@ def prepare(tokenizer_model: Path | None, presets: list[str]) -> dict[str, float
             quantize(path, path.with_name(path.name + "-bnb4"))
             timings[f"quantize_{preset}_s"] = round(time.perf_counter() - started, 1)
     if not DATA.is_file():
-        from alpaca_qlora.data import write_jsonl
+        from alpaca_qlora.files import write_jsonl
 
         started = time.perf_counter()
         write_jsonl(DATA, make_records(seed=0))
@@ -91,7 +91,7 @@ def quantize(source: Path, target: Path) -> None:
 
 def make_workspace(workspace: Path, overrides: list[str]) -> None:
     """A scratch copy of the code with the GPU profile and the overrides laid over params.yaml."""
-    from alpaca_qlora.offline_workspace import overlay_params, parse_override
+    from alpaca_qlora.cli.offline_workspace import overlay_params, parse_override
     from alpaca_qlora.params import read_yaml
 
     shutil.rmtree(workspace, ignore_errors=True)

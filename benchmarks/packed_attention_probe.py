@@ -1,4 +1,4 @@
-"""Checks alpaca_qlora.packed_attention on the GPU: one flash call over packed segments == one SDPA call
+"""Checks alpaca_qlora.patches.packed_attention on the GPU: one flash call over packed segments == one SDPA call
 per segment, forward and backward, with Mistral's GQA shapes (32 query heads, 8 key/value heads, dim 128).
 
     python3 -m benchmarks.packed_attention_probe      # GPU machine; prints the status and the differences
@@ -10,9 +10,10 @@ import torch
 
 import unsloth  # noqa: F401  (before the dispatch module, as in training)
 import unsloth.utils.attention_dispatch as dispatch
-from alpaca_qlora.packed_attention import enable_unsloth_packed_flash_attention
+from alpaca_qlora.patches import packed_attention
 
-status = enable_unsloth_packed_flash_attention()
+patch = packed_attention.applied()
+status = patch.__enter__()  # for the rest of this script
 torch.manual_seed(0)
 lengths = [200, 180, 300, 250, 190, 400, 220, 210, 98]
 total, heads, kv_heads, dim = sum(lengths), 32, 8, 128

@@ -1,8 +1,8 @@
 """Do packed examples stay apart? Per-example summed loss of a packed batch vs each example run alone.
 
-The packed batch is the one the train stage really trains on: TRL's SFTTrainer with the stage's packing
-settings (bfd, completion-only loss, padding-free collator, plus whatever Unsloth adds on a GPU) builds it,
-and the model comes from `alpaca_qlora.models.load_for_training`. For each example in the batch the loss
+The packed batch is the one the train stage really trains on: the stage's own trainer and SFTConfig
+(alpaca_qlora.training.trainer: bfd packing, completion-only loss, padding-free collator, plus whatever
+Unsloth adds on a GPU) builds it, and the model comes from the backend's `load_for_training`. For each example in the batch the loss
 is summed over its own tokens three ways:
 
 - `packed`: in the packed row, as trained (position ids restart per example);
@@ -28,21 +28,18 @@ from pathlib import Path
 from typing import Any
 
 
-def packed_batches(model, tokenizer, rows: list[dict[str, Any]], *, max_length: int, batch_size: int,
-                   seed: int = 3407):
-    """The trainer's own packed batches (an iterator), the packing switches in effect, and the trainer."""
-    import torch
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+def packed_batches(model, tokenizer, rows: list[dict[str, Any]], *, model_params: dict, train_params: dict,
+                   runtime_params: dict):
+    """The train stage's own packed batches (an iterator), the packing switches in effect, and the trainer."""
+    from alpaca_qlora.training import trainer as training
 
-    on_gpu = torch.cuda.is_available()
-    dataset = Dataset.from_list([{"input_ids": r["input_ids"], "completion_mask": r["completion_mask"]}
-                                 for r in rows])
-    config = SFTConfig(output_dir="build/packing-check", report_to=[], save_strategy="no",
-                       per_device_train_batch_size=batch_size, max_length=max_length, packing=True,
-                       packing_strategy="bfd", completion_only_loss=True, seed=seed, data_seed=seed,
-                       use_cpu=not on_gpu, bf16=on_gpu, dataset_num_proc=1, disable_tqdm=True)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    if not train_params["packing"]:
+        raise SystemExit("packing_check: train.packing is false in params.yaml; there is nothing to check")
+    config = training.sft_config(model_params=model_params, train_params=train_params,
+                                 runtime_params={**runtime_params, "save_steps": 0},
+                                 output_dir=Path("build/packing-check"), report_to=[])
+    trainer = training.pipeline_trainer(model=model, args=config, train_dataset=training.training_dataset(rows),
+                                        processing_class=tokenizer)
     effective = {"packing": bool(trainer.args.packing),
                  "padding_free": bool(getattr(trainer, "padding_free", False)),
                  "attn_implementation": str(getattr(model.config, "_attn_implementation", None))}
@@ -114,40 +111,40 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
+    from alpaca_qlora import patches
+    from alpaca_qlora.modeling import backends
     from alpaca_qlora.params import load_section
+    from alpaca_qlora.provenance import device_description, library_versions
 
     model_params, lora_params, train_params = load_section("model"), load_section("lora"), load_section("train")
-    backend = args.backend or train_params["backend"]
+    backend = backends.get(args.backend or train_params["backend"])  # Unsloth first, then TRL
     if args.model:
         model_params["name"] = args.model
     if args.max_length:
         model_params["max_seq_length"] = args.max_length
-    if backend == "unsloth":
-        import unsloth  # noqa: F401  (patches transformers and TRL; must come first)
-    from alpaca_qlora.metadata import device_description, library_versions
-    from alpaca_qlora.models import load_for_training
 
     started = time.perf_counter()
-    model, tokenizer = load_for_training(backend, model_params, lora_params, seed=train_params["seed"])
-    if args.synthetic_rows:
-        from benchmarks.alpaca_length_data import make_token_rows
+    with patches.for_training(backend.name):  # as the train stage runs
+        model, tokenizer = backend.load_for_training(model_params, lora_params, seed=train_params["seed"])
+        if args.synthetic_rows:
+            from benchmarks.alpaca_length_data import make_token_rows
 
-        rows = make_token_rows(args.synthetic_rows, vocab_size=len(tokenizer), seed=1)
-    else:
-        from alpaca_qlora.data import read_jsonl
+            rows = make_token_rows(args.synthetic_rows, vocab_size=len(tokenizer), seed=1)
+        else:
+            from alpaca_qlora.files import read_jsonl
 
-        rows = read_jsonl(args.formatted / "train.jsonl")[:args.rows]
-    batches, effective, _ = packed_batches(model, tokenizer, rows, max_length=model_params["max_seq_length"],
-                                        batch_size=train_params["batch_size"], seed=train_params["seed"])
-    results = compare_packed_to_alone(model, next(batches), max_examples=args.max_examples)
-    report = {"backend": backend, "model": model_params["name"], "effective": effective,
+            rows = read_jsonl(args.formatted / "train.jsonl")[:args.rows]
+        batches, effective, _ = packed_batches(model, tokenizer, rows, model_params=model_params,
+                                               train_params=train_params, runtime_params=load_section("runtime"))
+        results = compare_packed_to_alone(model, next(batches), max_examples=args.max_examples)
+    report = {"backend": backend.name, "model": model_params["name"], "effective": effective,
               "summary": summarize(results), "examples": results, "device": device_description(),
               "libraries": library_versions(), "seconds": round(time.perf_counter() - started, 1)}
     text = json.dumps(report, indent=2, sort_keys=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n", encoding="utf-8")
-    print(json.dumps({"backend": backend, "model": model_params["name"], **report["summary"],
+    print(json.dumps({"backend": backend.name, "model": model_params["name"], **report["summary"],
                       **effective}, sort_keys=True), file=sys.stdout)
 
 

@@ -4,7 +4,7 @@
     python -m benchmarks.train_step --model offline:tiny-mistral --steps 2 --warmup 1      # CPU smoke (CI)
 
 Model: `offline:mistral-7b-geometry` (Mistral-7B-v0.2 shapes, random weights, built locally; the hub is
-not needed) or any `model.name`, loaded in 4-bit through `alpaca_qlora.models.load_for_training` with
+not needed) or any `model.name`, loaded in 4-bit through the backend's `load_for_training` (alpaca_qlora.modeling.backends) with
 params.yaml's `lora` section, exactly as the train stage loads it. Rows: random token ids with
 Alpaca-like lengths (benchmarks.alpaca_length_data; mean ~205, p95 ~317 tokens), prompt masked.
 
@@ -134,26 +134,30 @@ def measure(model, optimizer, batches, *, warmup: int, steps: int) -> dict[str, 
 
 def run_backend(backend: str, args) -> dict[str, Any]:
     """Load once, then measure every mode; returns {mode: result}."""
-    if backend == "unsloth":
-        import unsloth  # noqa: F401  (patches transformers, peft and TRL; must come first)
+    from alpaca_qlora import patches
+    from alpaca_qlora.modeling import backends
+
+    loader = backends.get(backend)  # Unsloth first, then transformers and TRL
     import torch
 
-    from alpaca_qlora.metadata import device_description, library_versions
-    from alpaca_qlora.models import load_for_training
     from alpaca_qlora.params import load_section
+    from alpaca_qlora.provenance import device_description, library_versions
     from benchmarks.alpaca_length_data import make_token_rows
     from benchmarks.packing_check import packed_batches
 
     model_params, lora_params = load_section("model"), load_section("lora")
     model_params.update(name=args.model, max_seq_length=args.max_length, load_in_4bit=True)
+    train_params = {**load_section("train"), "batch_size": 2, "seed": 0, "packing": True}
+    patched = patches.for_training(backend)
+    patched.__enter__()  # for the whole process, as in the train stage; each backend runs in its own process
     started = time.perf_counter()
-    model, tokenizer = load_for_training(backend, model_params, lora_params, seed=3407)
+    model, tokenizer = loader.load_for_training(model_params, lora_params, seed=3407)
     load_s = time.perf_counter() - started
     rows = make_token_rows(args.rows, vocab_size=len(tokenizer), seed=0)
     # Built before the optimizer: SFTTrainer casts a quantized model's LoRA weights to bf16 (QLoRA practice),
     # so every mode then trains the same bf16 adapters the train stage trains.
-    batches, effective, trainer = packed_batches(model, tokenizer, rows, max_length=args.max_length, batch_size=2,
-                                                 seed=0)
+    batches, effective, trainer = packed_batches(model, tokenizer, rows, model_params=model_params,
+                                                 train_params=train_params, runtime_params=load_section("runtime"))
     packed = {"batches": batches, "effective": effective}
     if trainer.args.gradient_checkpointing:  # as Trainer.train() does before its first step
         gc_kwargs = dict(trainer.args.gradient_checkpointing_kwargs or {})

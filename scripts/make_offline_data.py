@@ -11,7 +11,7 @@ import argparse
 import random
 from pathlib import Path
 
-from alpaca_qlora.data import write_jsonl
+from alpaca_qlora.files import write_jsonl
 
 WORDS = ("apple banana cherry river mountain cloud stone garden window candle forest ocean bridge "
          "silver rabbit lantern meadow thunder violet harbor").split()

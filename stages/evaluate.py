@@ -1,6 +1,6 @@
 """Stage `evaluate`: held-out loss and perplexity of the base model and of base + adapter, and generations.
 
-Reads params `evaluate.*`, `model.*` and `train.backend`. Writes reports/metrics.json (declared as DVC
+Reads params `evaluate.*`; the base model and backend are those the adapter's metadata.json records. Writes reports/metrics.json (declared as DVC
 metrics, so `dvc metrics diff` and `dvc exp show` compare runs), reports/plots/eval.json (the same loss and
 perplexity, one row per model, declared as plots for `dvc plots diff`) and reports/generations.md (greedy
 generations of the first held-out prompts, each beside its reference output, for base and fine-tuned).
@@ -11,7 +11,9 @@ import argparse
 import time
 from pathlib import Path
 
-from alpaca_qlora.atomic import atomic_write_bytes
+from alpaca_qlora.files import atomic_write_bytes, read_jsonl, write_json
+from alpaca_qlora.modeling import backends
+from alpaca_qlora.modeling.adapter import AdapterMetadata
 from alpaca_qlora.params import load_section
 
 
@@ -21,14 +23,11 @@ def main() -> None:
     parser.add_argument("--adapter", type=Path, default=Path("models/adapter"))
     parser.add_argument("--out", type=Path, default=Path("reports"))
     args = parser.parse_args()
-    params, model_params = load_section("evaluate"), load_section("model")
-    backend = load_section("train")["backend"]
-    if backend == "unsloth":
-        import unsloth  # noqa: F401  (must be imported before transformers)
-
-    from alpaca_qlora.data import read_jsonl, write_json
-    from alpaca_qlora.evaluation import greedy_generations, heldout_loss
-    from alpaca_qlora.models import attach_adapter, load_base_for_evaluation
+    params, adapter = load_section("evaluate"), AdapterMetadata.read(args.adapter)
+    model_params = adapter.model_params
+    backend = backends.get(adapter.backend)  # imports Unsloth before transformers
+    from alpaca_qlora.evaluation.generation import greedy_generations
+    from alpaca_qlora.evaluation.loss import heldout_loss
 
     rows = read_jsonl(args.formatted / "eval.jsonl")
     shown = rows[:params["num_generations"]]
@@ -36,10 +35,10 @@ def main() -> None:
     generate = dict(max_new_tokens=params["max_new_tokens"], batch_size=params["batch_size"])
 
     started = time.perf_counter()
-    model, tokenizer = load_base_for_evaluation(backend, model_params)
+    model, tokenizer = backend.load_for_inference(model_params)
     base = heldout_loss(model, rows, batch_size=params["batch_size"], pad_token_id=tokenizer.pad_token_id)
     base_texts, _ = greedy_generations(model, tokenizer, prompts, **generate)
-    model = attach_adapter(model, backend, args.adapter)
+    model = backend.attach_adapter(model, args.adapter)
     tuned = heldout_loss(model, rows, batch_size=params["batch_size"], pad_token_id=tokenizer.pad_token_id)
     tuned_texts, speed = greedy_generations(model, tokenizer, prompts, **generate)
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from alpaca_qlora.atomic import atomic_directory
-from alpaca_qlora.data import read_jsonl, write_json, write_jsonl
-from alpaca_qlora.formatting import format_records
-from alpaca_qlora.tokenizer import load_tokenizer
+from alpaca_qlora.data.formatting import format_records
+from alpaca_qlora.data.template import PromptTemplate
+from alpaca_qlora.files import atomic_directory, read_jsonl, write_json, write_jsonl
+from alpaca_qlora.modeling.tokenizer import load_tokenizer
 from alpaca_qlora.params import load_section
-from alpaca_qlora.template import PromptTemplate
 
 
 def main() -> None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from alpaca_qlora.atomic import atomic_directory
-from alpaca_qlora.data import (find_duplicates, fingerprint, load_records, sample_indices, validate_records,
-                               write_json, write_jsonl)
+from alpaca_qlora.data.records import load_records, validate_records
+from alpaca_qlora.data.sampling import find_duplicates, fingerprint, sample_indices
+from alpaca_qlora.files import atomic_directory, write_json, write_jsonl
 from alpaca_qlora.params import load_section
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from alpaca_qlora.offline_workspace import make_offline_workspace
+from alpaca_qlora.cli.offline_workspace import make_offline_workspace
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from alpaca_qlora.plots_page import write_offline_template
+from alpaca_qlora.cli.plots_page import write_offline_template
 from tests.conftest import run_dvc
 
 PLOT_TITLES = ("Training loss", "Held-out loss, base vs adapter", "Held-out perplexity, base vs adapter")

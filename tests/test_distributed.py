@@ -13,8 +13,8 @@ import pytest
 import torch
 from datasets import Dataset
 
-from alpaca_qlora import distributed
-from alpaca_qlora.distributed import LaunchError, example_key, launch_command, pad_to_even_shards
+from alpaca_qlora.training import distributed
+from alpaca_qlora.training.distributed import LaunchError, example_key, launch_command, pad_to_even_shards
 from tests.conftest import run_dvc, stages_run
 
 REAL_TOKENS = 53020  # the offline training set's tokens; one process counts the same (tests/test_train.py)
@@ -94,7 +94,7 @@ def test_accelerate_command_maps_the_same_rendezvous_and_refuses_a_cpu():
     with pytest.raises(LaunchError, match="PET_MASTER_ADDR"):
         launch_command(4, "accelerate", "stages.train", [], environ={"PET_NNODES": "2", "PET_NODE_RANK": "0",
                                                                     "PET_MASTER_PORT": "1"}, on_gpu=True)
-    with pytest.raises(LaunchError, match="train.launcher=torchrun"):
+    with pytest.raises(LaunchError, match="runtime.launcher=torchrun"):
         launch_command(2, "accelerate", "stages.train", [], environ={}, on_gpu=False)
 
 

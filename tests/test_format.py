@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from alpaca_qlora.formatting import TooLongError, format_records
-from alpaca_qlora.tokenizer import load_tokenizer
-from alpaca_qlora.template import PromptTemplate
+from alpaca_qlora.data.formatting import TooLongError, format_records
+from alpaca_qlora.modeling.tokenizer import load_tokenizer
+from alpaca_qlora.data.template import PromptTemplate
 
 WITH_INPUT = {"id": 0, "instruction": "Add the numbers.", "input": "2 and 3", "output": "The sum is 5."}
 NO_INPUT = {"id": 1, "instruction": "Name a colour.", "input": "", "output": "Blue."}

@@ -15,7 +15,7 @@ def loaded(reproduced_workspace):
     """(model, tokenizer, render) of the pipeline's adapter on the hf backend, as the CLI loads it on a CPU."""
     import os
 
-    from alpaca_qlora.generate import load_adapter_for_inference
+    from alpaca_qlora.cli.generate import load_adapter_for_inference
 
     cwd = os.getcwd()
     os.chdir(reproduced_workspace)  # the offline base is built under build/ there
@@ -36,7 +36,7 @@ def records(reproduced_workspace):
 
 def greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     """The evaluate stage's non-streamed generation, for comparison."""
-    from alpaca_qlora.evaluation import greedy_generations
+    from alpaca_qlora.evaluation.generation import greedy_generations
 
     return greedy_generations(model, tokenizer, [prompt], max_new_tokens=max_new_tokens, batch_size=1)[0][0]
 
@@ -49,7 +49,7 @@ def test_prompts_are_rendered_with_the_training_template(loaded, records):
 
 
 def test_streamed_text_equals_the_non_streamed_generation(loaded, records):
-    from alpaca_qlora.generate import stream_answer
+    from alpaca_qlora.cli.generate import stream_answer
 
     model, tokenizer, render = loaded
     for raw, _ in records:
@@ -65,7 +65,7 @@ def test_generation_stops_at_eos(loaded, records):
     """A model forced to emit EOS as its 4th new token stops there; unforced, it runs to max_new_tokens."""
     import torch
 
-    from alpaca_qlora.generate import stream_answer
+    from alpaca_qlora.cli.generate import stream_answer
 
     model, tokenizer, render = loaded
     prompt = render(records[0][0]["instruction"], records[0][0]["input"])
@@ -100,7 +100,7 @@ def test_interactive_mode_answers_each_stdin_line(reproduced_workspace, loaded, 
     instructions = [raw["instruction"] for raw, _ in records if not raw["input"]][:2]
     assert len(instructions) == 2
     done = subprocess.run(
-        [sys.executable, "-m", "alpaca_qlora.generate", "--adapter", "models/adapter", "--backend", "hf",
+        [sys.executable, "-m", "alpaca_qlora.cli.generate", "--adapter", "models/adapter", "--backend", "hf",
          "--interactive", "--max-new-tokens", "16"],
         input="\n".join(instructions) + "\n", cwd=reproduced_workspace, env=cli_env(), capture_output=True,
         text=True, timeout=600)

@@ -15,8 +15,8 @@ import pytest
 def exported(reproduced_workspace, tmp_path_factory):
     import os
 
-    from alpaca_qlora.gguf_export import export_gguf
-    from alpaca_qlora.merge import merge_adapter
+    from alpaca_qlora.cli.gguf_export import export_gguf
+    from alpaca_qlora.cli.merge import merge_adapter
 
     out = tmp_path_factory.mktemp("gguf")
     cwd = os.getcwd()

@@ -35,15 +35,16 @@ def trained_4bit_logits(reproduced_workspace, eval_ids):
     """What the pipeline evaluated: the 4-bit NF4 base + the adapter (hf backend, on the CPU)."""
     import os
 
-    from alpaca_qlora.models import attach_adapter, load_base_for_evaluation
+    from alpaca_qlora.modeling import backends
+    from alpaca_qlora.modeling.adapter import AdapterMetadata
 
     cwd = os.getcwd()
     os.chdir(reproduced_workspace)  # the offline base is built under build/ there
     try:
-        model, _ = load_base_for_evaluation("hf", json.loads(
-            (reproduced_workspace / "models/adapter/metadata.json").read_text())["params"]["model"])
+        adapter = reproduced_workspace / "models/adapter"
+        model, _ = backends.HF().load_for_inference(AdapterMetadata.read(adapter).model_params)
         base = logits(model, eval_ids)
-        tuned = logits(attach_adapter(model, "hf", reproduced_workspace / "models/adapter"), eval_ids)
+        tuned = logits(backends.HF().attach_adapter(model, adapter), eval_ids)
     finally:
         os.chdir(cwd)
     return base, tuned
@@ -51,7 +52,7 @@ def trained_4bit_logits(reproduced_workspace, eval_ids):
 
 def test_merge_command_writes_plain_bf16_safetensors_with_tokenizer(reproduced_workspace, tmp_path):
     out = tmp_path / "merged"
-    done = subprocess.run([sys.executable, "-m", "alpaca_qlora.merge", "--adapter", "models/adapter",
+    done = subprocess.run([sys.executable, "-m", "alpaca_qlora.cli.merge", "--adapter", "models/adapter",
                            "--out", str(out)], cwd=reproduced_workspace, env=cli_env(), capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -78,7 +79,7 @@ def test_dequantized_merge_computes_what_was_trained_and_an_original_weights_mer
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from alpaca_qlora.merge import merge_adapter
+    from alpaca_qlora.cli.merge import merge_adapter
 
     monkeypatch.chdir(reproduced_workspace)
     adapter = reproduced_workspace / "models/adapter"
@@ -100,9 +101,9 @@ def test_dequantized_merge_computes_what_was_trained_and_an_original_weights_mer
 
 
 def test_pre_quantized_base_without_16bit_weights_is_refused(tmp_path):
-    from alpaca_qlora.models import load_base_16bit
+    from alpaca_qlora.modeling.backends import load_for_merge
 
     (tmp_path / "config.json").write_text(json.dumps({
         "model_type": "mistral", "quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}}))
     with pytest.raises(ValueError, match="pre-quantized checkpoint.*--base-weights dequantized"):
-        load_base_16bit({"name": str(tmp_path), "load_in_4bit": True}, dequantize_4bit=False)
+        load_for_merge({"name": str(tmp_path), "load_in_4bit": True}, dequantize_4bit=False)

@@ -3,7 +3,7 @@
 Runs on a CPU with the offline profile, in a scratch copy of the repo made the way `make smoke` makes it,
 with the real `dvc repro` producing the formatted rows. The packed batch is the one TRL's SFTTrainer builds
 for the train stage (bfd packing, padding-free collator, completion-only labels) and the model is loaded by
-`alpaca_qlora.models.load_for_training` ("hf" backend: Unsloth turns packing off on a CPU, so "hf" is the
+the backend's `load_for_training` ("hf" backend: Unsloth turns packing off on a CPU, so "hf" is the
 backend that packs here). The check runs in a subprocess so that no Unsloth import elsewhere in the test
 session can patch TRL under it. The GPU run of the same check is in BENCHMARKS.md.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from alpaca_qlora.offline_workspace import make_offline_workspace
+from alpaca_qlora.cli.offline_workspace import make_offline_workspace
 
 REPO = Path(__file__).resolve().parent.parent
 

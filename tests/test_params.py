@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from alpaca_qlora.offline_workspace import make_offline_workspace, parse_override
+from alpaca_qlora.cli.offline_workspace import make_offline_workspace, parse_override
 from alpaca_qlora.params import SCHEMA, ParamsError, load_section, read_yaml, validate_section
 from tests.conftest import REPO_ROOT
 

@@ -10,11 +10,12 @@ import subprocess
 
 import pytest
 
-from alpaca_qlora.atomic import atomic_directory, staging_path
-from alpaca_qlora.checkpoints import (MARKER, is_complete, last_complete_checkpoint, mark_complete,
+from alpaca_qlora.files import atomic_directory, staging_path
+from alpaca_qlora.training.checkpoints import (MARKER, is_complete, last_complete_checkpoint, mark_complete,
                                       replay_into_dvclive, run_key)
-from alpaca_qlora.data import DataError, find_duplicates, load_records, validate_records
-from alpaca_qlora.environment import (EnvironmentProblem, check_backend_device, check_model_reachable,
+from alpaca_qlora.data.records import DataError, load_records, validate_records
+from alpaca_qlora.data.sampling import find_duplicates
+from alpaca_qlora.modeling.preflight import (EnvironmentProblem, check_backend_device, check_model_reachable,
                                       check_target_modules)
 from alpaca_qlora.params import ParamsError, load_section, read_yaml, validate_section
 from tests.conftest import REPO_ROOT
@@ -87,7 +88,7 @@ def committed(section: str) -> dict:
     ("train", {"learning_rate": "2e-4"},
      "key 'train.learning_rate' must be float, got '2e-4'; it is a quoted string: write 2e-4 without quotes"),
     ("train", {"batch_size": "8"}, "key 'train.batch_size' must be int, got '8'; it is a quoted string"),
-    ("train", {"save_steps": -1}, "key 'train.save_steps' must be 0 (no checkpoints) or a positive number"),
+    ("runtime", {"save_steps": -1}, "key 'runtime.save_steps' must be 0 (no checkpoints) or a positive number"),
     ("model", {"trust_remote_code": "no"}, "key 'model.trust_remote_code' must be bool, got 'no'"),
     ("model", {"max_seq_length": 8}, "key 'model.max_seq_length' must be at least 16, got 8"),
 ])
@@ -102,7 +103,7 @@ def test_unquoted_scientific_notation_is_a_number_and_security_default_is_off(tm
     path.write_text((REPO_ROOT / "params.yaml").read_text().replace("learning_rate: 2.0e-4", "learning_rate: 2e-4"))
     assert load_section("train", path)["learning_rate"] == 2e-4
     assert load_section("model", path)["trust_remote_code"] is False
-    assert load_section("train", path)["save_steps"] == 50
+    assert load_section("runtime", path)["save_steps"] == 50
 
 
 # ---------------------------------------------------------------- environment
@@ -184,11 +185,13 @@ def test_disk_full_while_saving_the_adapter_leaves_no_valid_looking_adapter(tiny
     from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
 
-    from stages.train import save_adapter
+    from alpaca_qlora.modeling.adapter import AdapterMetadata, save_adapter
 
     model = get_peft_model(tiny_model, LoraConfig(r=2, target_modules=["q_proj"]))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, "<unk>")))
     out = tmp_path / "models" / "adapter"
+    metadata = AdapterMetadata(base_model="tiny", backend="hf", params={}, template={}, format={}, data={},
+                               reproduce={}, resumed_from_step=None, effective={}, results={}, libraries={})
 
     def disk_full(tensors, filename, metadata=None):
         with open(filename, "wb") as handle:
@@ -197,18 +200,18 @@ def test_disk_full_while_saving_the_adapter_leaves_no_valid_looking_adapter(tiny
 
     monkeypatch.setattr(peft.peft_model, "safe_save_file", disk_full)
     with pytest.raises(OSError, match="No space left on device"):
-        save_adapter(out, model, tokenizer, {"base_model": "tiny"})
+        save_adapter(out, model, tokenizer, metadata)
     assert not out.exists() and not staging_path(out).exists()
     assert list((tmp_path / "models").iterdir()) == []
 
     monkeypatch.undo()
-    save_adapter(out, model, tokenizer, {"base_model": "tiny"})  # a previous good adapter...
+    save_adapter(out, model, tokenizer, metadata)  # a previous good adapter...
     before = (out / "adapter_model.safetensors").read_bytes()
     monkeypatch.setattr(peft.peft_model, "safe_save_file", disk_full)
     with pytest.raises(OSError):
-        save_adapter(out, model, tokenizer, {"base_model": "tiny"})
+        save_adapter(out, model, tokenizer, metadata)
     assert (out / "adapter_model.safetensors").read_bytes() == before, "...survives a failed save intact"
-    assert json.loads((out / "metadata.json").read_text()) == {"base_model": "tiny"}
+    assert AdapterMetadata.read(out) == metadata
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["adapter"]
 
 
@@ -242,12 +245,14 @@ def test_only_complete_checkpoints_are_resumed_and_partial_ones_are_deleted(tmp_
     assert last_complete_checkpoint(run_dir).name == "checkpoint-10"
 
 
-def test_run_key_changes_with_what_changes_the_weights_only():
+def test_run_key_changes_with_every_param_that_changes_the_weights():
+    """Every train.* key is in the key; runtime.* (W&B, logging, checkpoint cadence) is not an input at all."""
     model, lora, train = committed("model"), committed("lora"), committed("train")
     key = run_key(model, lora, train, "a" * 64)
     assert len(key) == 16 and run_key(model, lora, train, "a" * 64) == key
-    assert run_key(model, lora, {**train, "save_steps": 7, "wandb_mode": "offline"}, "a" * 64) == key
-    assert run_key(model, lora, {**train, "learning_rate": 1e-4}, "a" * 64) != key
+    for name, value in train.items():
+        changed = {**train, name: (not value) if isinstance(value, bool) else f"{value}-changed"}
+        assert run_key(model, lora, changed, "a" * 64) != key, name
     assert run_key(model, {**lora, "r": 8}, train, "a" * 64) != key
     assert run_key({**model, "max_seq_length": 1024}, lora, train, "a" * 64) != key
     assert run_key(model, lora, train, "b" * 64) != key, "other training data, other run"
@@ -256,7 +261,7 @@ def test_run_key_changes_with_what_changes_the_weights_only():
 def test_resumed_curves_replay_the_steps_before_the_checkpoint(tmp_path):
     from dvclive import Live
 
-    from alpaca_qlora.checkpoints import logged_history
+    from alpaca_qlora.training.checkpoints import logged_history
 
     folder = fake_checkpoint(tmp_path / "run", 3, complete=True)
     live = Live(dir=str(tmp_path / "live"), dvcyaml=False, save_dvc_exp=False, report=None)
@@ -270,7 +275,7 @@ def test_resumed_curves_replay_the_steps_before_the_checkpoint(tmp_path):
 # ---------------------------------------------------------------- security
 
 def test_a_pickled_model_is_refused(tiny_model, tmp_path):
-    from alpaca_qlora.models import _hf_base_model
+    from alpaca_qlora.modeling.backends import load_transformers_model
 
     import torch
 
@@ -278,7 +283,7 @@ def test_a_pickled_model_is_refused(tiny_model, tmp_path):
     tiny_model.config.save_pretrained(str(folder))
     torch.save(tiny_model.state_dict(), folder / "pytorch_model.bin")
     with pytest.raises(OSError, match="safetensors"):
-        _hf_base_model(str(tmp_path / "pickled"), {"load_in_4bit": False, "trust_remote_code": False})
+        load_transformers_model(str(tmp_path / "pickled"), {"load_in_4bit": False, "trust_remote_code": False})
 
 
 SECRET_PATTERNS = {

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from alpaca_qlora.checkpoints import is_complete
-from alpaca_qlora.metadata import file_sha256
-from alpaca_qlora.offline_workspace import overlay_params, parse_override
+from alpaca_qlora.training.checkpoints import is_complete
+from alpaca_qlora.files import file_sha256
+from alpaca_qlora.cli.offline_workspace import overlay_params, parse_override
 from tests.conftest import cli_env, run_dvc, stages_run
 
 ADAPTER = "models/adapter/adapter_model.safetensors"

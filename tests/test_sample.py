@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from alpaca_qlora.data import DataError, load_records, sample_indices, validate_records
+from alpaca_qlora.data.records import DataError, load_records, validate_records
+from alpaca_qlora.data.sampling import sample_indices
 from tests.conftest import cli_env
 
 GOOD = {"instruction": "Say hi.", "input": "", "output": "Hi."}
@@ -60,13 +61,10 @@ def test_sample_is_seeded_random_disjoint_and_exact_size():
     assert sample_indices(1000, fraction=0.1, eval_size=50, seed=1)[0] != train
 
 
-@pytest.mark.parametrize("fraction, eval_size, message", [
-    (0.0, 10, "data.fraction must be in"), (1.5, 10, "data.fraction must be in"),
-    (0.99, 50, "fewer than data.eval_size"), (0.5, 0, "data.eval_size must be at least 1"),
-])
-def test_impossible_sample_sizes_are_refused(fraction, eval_size, message):
-    with pytest.raises(DataError, match=message):
-        sample_indices(100, fraction=fraction, eval_size=eval_size, seed=0)
+def test_a_sample_that_leaves_too_few_records_for_the_eval_split_is_refused():
+    """The bounds of each key alone are params.py's (tests/test_reliability.py); this depends on the source."""
+    with pytest.raises(DataError, match="leaves 1 of 100 records outside the sample, fewer than data.eval_size=50"):
+        sample_indices(100, fraction=0.99, eval_size=50, seed=0)
 
 
 def test_stage_outputs_are_byte_identical_and_stats_fingerprint_the_source(offline_workspace_factory, tmp_path):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from alpaca_qlora.metadata import file_sha256
-from alpaca_qlora.tracking import resolve_wandb_mode
+from alpaca_qlora.files import file_sha256
+from alpaca_qlora.training.tracking import resolve_wandb_mode
 from tests.conftest import run_dvc, stages_run
 from tests.remotes.servers import _LoopbackListener
 
@@ -113,7 +113,7 @@ def test_hf_backend_trains_with_wandb_offline_and_never_touches_the_network(work
         dead_end = f"http://127.0.0.1:{network.port}"
         started = time.monotonic()
         output = run_dvc(workspace_copy, "exp", "run", "-n", "wandb-offline", "-S", "train.backend=hf",
-                         "-S", "train.wandb_mode=offline", "-S", "train.max_steps=30",
+                         "-S", "runtime.wandb_mode=offline", "-S", "train.max_steps=30",
                          env={"WANDB_MODE": None, "WANDB_DIR": str(workspace_copy / "build"),
                               "WANDB_BASE_URL": dead_end, "HTTP_PROXY": dead_end, "HTTPS_PROXY": dead_end,
                               "http_proxy": dead_end, "https_proxy": dead_end, "NO_PROXY": "", "no_proxy": ""})

@@ -1,5 +1,5 @@
-"""Checks of alpaca_qlora.packed_attention that import Unsloth, run as a script in their own process by
-tests/test_packed_attention.py: importing Unsloth patches transformers and peft for the whole process, and
+"""Checks of alpaca_qlora.patches.packed_attention that import Unsloth, run as a script in their own process by
+tests/test_patches.py: importing Unsloth patches transformers and peft for the whole process, and
 the other tests must not run patched. Each check_* function is one check; monkeypatching is done by hand."""
 import inspect
 import os
@@ -9,7 +9,7 @@ import torch
 import unsloth.models  # noqa: F401  (before the dispatch module, which is circular alone)
 import unsloth.utils.attention_dispatch as dispatch
 
-from alpaca_qlora import packed_attention
+from alpaca_qlora.patches import packed_attention
 
 
 class Patch:
@@ -57,9 +57,9 @@ def check_unsloth_internals_the_stand_in_uses_are_there():
 def check_without_cuda_nothing_is_patched(monkeypatch: Patch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     before = dispatch._TORCH_VARLEN_ATTN
-    assert packed_attention.enable_unsloth_packed_flash_attention() == "not applicable (no CUDA)"
-    assert packed_attention.STATUS == "not applicable (no CUDA)"
-    assert dispatch._TORCH_VARLEN_ATTN is before
+    with packed_attention.applied() as status:
+        assert status == "not applicable (no CUDA)"
+        assert dispatch._TORCH_VARLEN_ATTN is before
 
 
 def check_stand_in_is_installed_and_calls_unsloths_flash_path(monkeypatch: Patch):
@@ -73,20 +73,23 @@ def check_stand_in_is_installed_and_calls_unsloths_flash_path(monkeypatch: Patch
     monkeypatch.delenv("UNSLOTH_TORCH_VARLEN", raising=False)
     calls = []
     monkeypatch.setattr(dispatch._LeanFlashVarlen, "apply", staticmethod(lambda *args: calls.append(args) or "out"))
-    status = packed_attention.enable_unsloth_packed_flash_attention()
-    assert "torch 2.11 stand-in" in status
-    assert dispatch._LEAN_VARLEN is True and dispatch._varlen_can_use_cudnn() is False
-    out = dispatch._TORCH_VARLEN_ATTN("q", "k", "v", "cu", "cu", 300, 300, scale=None, window_size=(-1, 0),
-                                      enable_gqa=True)
-    assert out == "out" and calls == [("q", "k", "v", "cu", 300, True, None, -1, 0)]
+    with packed_attention.applied() as status:
+        assert "torch 2.11 stand-in" in status
+        assert dispatch._LEAN_VARLEN is True and dispatch._varlen_can_use_cudnn() is False
+        out = dispatch._TORCH_VARLEN_ATTN("q", "k", "v", "cu", "cu", 300, 300, scale=None, window_size=(-1, 0),
+                                          enable_gqa=True)
+        assert out == "out" and calls == [("q", "k", "v", "cu", 300, True, None, -1, 0)]
+    assert dispatch._TORCH_VARLEN_ATTN is None and dispatch._LEAN_VARLEN is False, "Unsloth restored on exit"
+    assert dispatch._varlen_can_use_cudnn is None
 
 
 def check_unsloth_switch_keeps_per_example_attention(monkeypatch: Patch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(dispatch, "_TORCH_VARLEN_ATTN", None)
     monkeypatch.setenv("UNSLOTH_TORCH_VARLEN", "0")
-    assert "UNSLOTH_TORCH_VARLEN=0" in packed_attention.enable_unsloth_packed_flash_attention()
-    assert dispatch._TORCH_VARLEN_ATTN is None
+    with packed_attention.applied() as status:
+        assert "UNSLOTH_TORCH_VARLEN=0" in status
+        assert dispatch._TORCH_VARLEN_ATTN is None
 
 
 if __name__ == "__main__":

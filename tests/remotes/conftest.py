@@ -13,7 +13,7 @@ Workspaces:
 
 ``REMOTE_TESTS_WORKSPACE`` changes where the reproduced workspace comes from: ``pipeline`` (the
 default) reproduces it in the session; a directory path reuses one already reproduced there
-(``python -m alpaca_qlora.offline_workspace DIR && cd DIR && dvc repro``); ``standin`` uses a
+(``python -m alpaca_qlora.cli.offline_workspace DIR && cd DIR && dvc repro``); ``standin`` uses a
 seconds-fast stand-in project with the same outputs (tests/remotes/standin.py), for working on the
 transport code alone.
 
@@ -123,7 +123,7 @@ def team_workspace(request, tmp_path_factory) -> Path:
         return make_standin_project(dest, dvc_config=(REPO_ROOT / ".dvc" / "config").read_text())
     if choice == "pipeline":
         reproduced = request.getfixturevalue("reproduced_workspace")
-    else:  # a workspace already reproduced by `python -m alpaca_qlora.offline_workspace DIR && dvc repro`
+    else:  # a workspace already reproduced by `python -m alpaca_qlora.cli.offline_workspace DIR && dvc repro`
         reproduced = Path(choice)
         assert (reproduced / "dvc.lock").is_file(), f"REMOTE_TESTS_WORKSPACE={choice}: no dvc.lock there"
     repo = copy_repo(reproduced, dest)

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from alpaca_qlora.metadata import file_sha256
+from alpaca_qlora.files import file_sha256
 
 #: Outputs the sharing tests rely on by name (the full list is read from each repo's dvc.lock).
 EXPECTED_OUTPUTS = ("data/sampled", "data/formatted", "models/adapter", "reports/metrics.json")

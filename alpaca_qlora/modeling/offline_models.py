@@ -55,7 +55,7 @@ def build_offline_model(name: str, *, seed: int, root: Path = OFFLINE_MODELS_DIR
     import torch
     from transformers import LlamaTokenizer, MistralConfig, MistralForCausalLM
 
-    # One staging folder per process: data-parallel ranks (alpaca_qlora/distributed.py) may build at once.
+    # One staging folder per process: data-parallel ranks (alpaca_qlora/training/distributed.py) may build at once.
     staging = root / f".{preset}-seed{seed}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -1,7 +1,7 @@
 """Merge a trained adapter into its base model: one standalone 16-bit safetensors model plus the tokenizer.
 
-    python -m alpaca_qlora.merge --adapter models/adapter --out build/merged
-    python -m alpaca_qlora.merge --adapter models/adapter --out build/merged \\
+    python -m alpaca_qlora.cli.merge --adapter models/adapter --out build/merged
+    python -m alpaca_qlora.cli.merge --adapter models/adapter --out build/merged \\
         --base-weights original --base mistralai/Mistral-7B-Instruct-v0.2
 
 The result loads with plain transformers, no peft: `AutoModelForCausalLM.from_pretrained("build/merged")`.
@@ -28,20 +28,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from alpaca_qlora.files import write_json
+from alpaca_qlora.modeling import backends
+from alpaca_qlora.modeling.adapter import AdapterMetadata
+
 BASE_WEIGHTS = ("dequantized", "original")
 SAVE_DTYPES = ("bfloat16", "float16", "float32")
-
-
-def adapter_model_params(adapter_dir: Path) -> dict[str, Any]:
-    """The `model` params the adapter was trained with, from the metadata.json the train stage wrote."""
-    from alpaca_qlora.metadata import read_adapter_metadata
-
-    metadata = read_adapter_metadata(adapter_dir)
-    try:
-        return dict(metadata["params"]["model"])
-    except KeyError as missing:
-        raise ValueError(f"{adapter_dir / 'metadata.json'}: no params.model ({missing} missing); retrain with "
-                         "the current train stage") from None
 
 
 def merge_adapter(adapter_dir: Path, out_dir: Path, *, base_weights: str | None = None, base: str | None = None,
@@ -54,10 +46,7 @@ def merge_adapter(adapter_dir: Path, out_dir: Path, *, base_weights: str | None 
     import torch
     from transformers import AutoTokenizer
 
-    from alpaca_qlora.data import write_json
-    from alpaca_qlora.models import attach_adapter, load_base_16bit
-
-    model_params = adapter_model_params(adapter_dir)
+    model_params = AdapterMetadata.read(adapter_dir).model_params
     if base_weights is None:
         base_weights = "dequantized" if model_params["load_in_4bit"] else "original"
     if base_weights not in BASE_WEIGHTS:
@@ -67,10 +56,10 @@ def merge_adapter(adapter_dir: Path, out_dir: Path, *, base_weights: str | None 
     if base:
         model_params["name"] = base
 
-    model, _ = load_base_16bit(model_params, dequantize_4bit=base_weights == "dequantized")
+    model, _ = backends.load_for_merge(model_params, dequantize_4bit=base_weights == "dequantized")
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))  # the one training used, pad token included
     # attach_adapter: the same safetensors-only loading as evaluation and generation.
-    merged = attach_adapter(model, "hf", adapter_dir).merge_and_unload()
+    merged = backends.HF().attach_adapter(model, adapter_dir).merge_and_unload()
     merged = merged.to(getattr(torch, save_dtype))
     merged.config.dtype = getattr(torch, save_dtype)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
-"""All-or-nothing outputs: a stage's folder or file appears complete, or not at all.
+"""Files the pipeline writes: all-or-nothing, stable JSON / JSONL, and their sha256.
 
+A stage's folder or file appears complete, or not at all.
 A stage killed or failing half way (a bad record, a full disk, a preempted machine) must never leave a
 half-written output that looks valid to the next stage or to `dvc commit`. Everything is written under a
 temporary name beside its target, on the same filesystem, and renamed into place only once complete: a
@@ -7,11 +8,13 @@ rename is atomic on POSIX. A leftover temporary from a killed run is removed by 
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 
 def staging_path(target: Path) -> Path:
@@ -71,3 +74,39 @@ def _fsync_tree(root: Path) -> None:
         if path.is_file():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
+
+
+def canonical_json(value: Any) -> str:
+    """One line, sorted keys, no spaces: equal values give equal bytes on any machine."""
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Write rows as canonical JSON lines ("\\n" endings), atomically: byte-identical for equal rows."""
+    lines = [canonical_json(row) + "\n" for row in rows]
+    atomic_write_bytes(Path(path), "".join(lines).encode("utf-8"))
+    return len(lines)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL file this pipeline wrote (user data goes through data.records, which names bad lines)."""
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Stable, human-readable JSON (sorted keys, trailing newline) for stats, metrics and metadata."""
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True, indent=2) + "\n"
+    atomic_write_bytes(Path(path), text.encode("utf-8"))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,11 +1,9 @@
-"""What an adapter folder says about itself: how it was made, from what, with what, and how it went."""
+"""What a run records about itself: library versions, the device, peak memory and the git revision."""
 from __future__ import annotations
 
-import hashlib
 import platform
 import subprocess
 from importlib import metadata as importlib_metadata
-from pathlib import Path
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "unsloth",
              "unsloth_zoo", "dvc", "dvclive")
@@ -19,14 +17,6 @@ def library_versions() -> dict[str, str]:
         except importlib_metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def device_description() -> dict[str, object]:
@@ -61,15 +51,3 @@ def git_revision() -> dict[str, object] | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return {"commit": commit, "dirty": any(line[3:] != "dvc.lock" for line in changed)}
-
-
-def read_adapter_metadata(adapter_dir: Path) -> dict:
-    """The metadata.json that the train stage wrote beside an adapter: what generate and merge rebuild from."""
-    from alpaca_qlora.data import read_json
-
-    path = adapter_dir / "metadata.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: --adapter must be a folder written by the train stage "
-                                "(models/adapter), which records the base model, template and params it was "
-                                "trained with")
-    return read_json(path)

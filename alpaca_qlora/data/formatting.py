@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from alpaca_qlora.template import PromptTemplate
+from alpaca_qlora.data.template import PromptTemplate
 
 
 class TooLongError(ValueError):

@@ -5,40 +5,34 @@ optimizer, scheduler, RNG states and the position in the data. This module adds 
 
 - A folder outside DVC's outputs, `build/checkpoints/<run key>/`. DVC deletes a stage's outputs before
   rerunning it, and `dvc exp run` also drops what a `persist: true` output gained since the last lock;
-  a folder DVC does not know survives both. The run key hashes every param that changes the trained
-  weights plus the training data's sha256, so a changed param or data set never resumes a stale run.
+  a folder DVC does not know survives both. The run key hashes the model, lora and train params (every
+  key that changes the trained weights; the `runtime` section holds the rest) plus the training data's
+  sha256, so a changed param or data set never resumes a stale run.
 - A completeness marker. transformers 5.17 writes `checkpoint-N/` in place, file by file, and its
   `get_last_checkpoint` takes the highest N whether or not it was finished. The marker is written (to a
   temporary name, then renamed) by a callback that runs only after the Trainer has written every file,
   and it lists each file's size. A folder without a valid marker is a checkpoint killed mid-save: it is
-  deleted, never used. With `save_total_limit=2`, the newest complete checkpoint is kept until the next
+  deleted, never used (the marker is written by training.trainer's MarkCompleteCallback). With `save_total_limit=2`, the newest complete checkpoint is kept until the next
   one is complete.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import signal
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-
-from alpaca_qlora.atomic import atomic_write_bytes
+from alpaca_qlora.files import atomic_write_bytes
 
 CHECKPOINTS_DIR = Path("build") / "checkpoints"
 MARKER = "checkpoint_complete.json"
 PREFIX = "checkpoint-"
-# train.* keys that do not change the trained weights: changing them keeps resuming the same run.
-NOT_IN_RUN_KEY = ("save_steps", "logging_steps", "wandb_mode", "wandb_project")
 
 
 def run_key(model_params: dict, lora_params: dict, train_params: dict, data_sha256: str) -> str:
-    """16 hex digits naming one training run: same params (but NOT_IN_RUN_KEY) + same data = same key."""
-    what = {"model": model_params, "lora": lora_params, "data_sha256": data_sha256,
-            "train": {k: v for k, v in train_params.items() if k not in NOT_IN_RUN_KEY}}
+    """16 hex digits naming one training run: same params + same data = same key."""
+    what = {"model": model_params, "lora": lora_params, "train": train_params, "data_sha256": data_sha256}
     text = json.dumps(what, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -86,15 +80,6 @@ def last_complete_checkpoint(run_dir: Path) -> Path | None:
     return best
 
 
-class MarkCompleteCallback(TrainerCallback):
-    """Writes the completeness marker once the Trainer has finished writing checkpoint-N (on_save runs after)."""
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            mark_complete(Path(args.output_dir) / f"{PREFIX}{state.global_step}", state.global_step)
-        return control
-
-
 def logged_history(checkpoint: Path) -> list[dict[str, Any]]:
     """What the Trainer logged up to `checkpoint` (loss, learning rate, ...), one dict per logging step."""
     state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
@@ -133,28 +118,3 @@ def load_adapter_in_place(model, checkpoint: Path) -> None:
         raise RuntimeError(f"{checkpoint}: adapter weights do not match the model (unexpected "
                            f"{result.unexpected_keys[:5]}, missing {missing_lora[:5]}); delete {checkpoint.parent} "
                            "to start over")
-
-
-class CheckpointOnSigterm(TrainerCallback):
-    """On SIGTERM (what schedulers, Kubernetes and spot/preemptible VMs send before killing), finish the
-    current optimizer step, save a checkpoint and stop, instead of dying and losing up to save_steps steps.
-
-    The stage then exits with 143 (128 + SIGTERM) without writing the adapter; `dvc repro` resumes there.
-    A second SIGTERM, or SIGKILL, ends the process at once, and the last complete checkpoint is used.
-    """
-
-    def __init__(self):
-        self.received = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.received:  # asked twice: stop now
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-        self.received = True
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.received:
-            control.should_save = args.save_strategy != "no"
-            control.should_training_stop = True
-        return control

@@ -58,7 +58,7 @@ def is_main_process(environ: Mapping[str, str] = os.environ) -> bool:
 def bind_device(environ: Mapping[str, str] = os.environ) -> None:
     """Make this worker's GPU, cuda:LOCAL_RANK, the current device before anything touches CUDA.
 
-    The model is loaded there (alpaca_qlora.models; Unsloth does the same), and kernels launched on the
+    The model is loaded there (alpaca_qlora.modeling.backends; Unsloth does the same), and kernels launched on the
     current device (Triton's, bitsandbytes') must find their tensors on it, also before the Trainer's
     accelerate state would set it.
     """
@@ -98,9 +98,9 @@ def check_worker(num_processes: int, environ: Mapping[str, str] = os.environ) ->
 
 def launch_command(num_processes: int, launcher: str, module: str, module_args: Sequence[str], *,
                    environ: Mapping[str, str] = os.environ, on_gpu: bool) -> list[str]:
-    """argv that runs `python -m module module_args` in `num_processes` processes on this node."""
-    if launcher not in LAUNCHERS:
-        raise LaunchError(f"params.yaml: train.launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
+    """argv that runs `python -m module module_args` in `num_processes` processes on this node.
+
+    `launcher` is one of LAUNCHERS (params.py checks runtime.launcher)."""
     if launcher == "torchrun":
         # --standalone: a private rendezvous on a free local port (no fixed port to collide on). Without it,
         # torchrun takes nnodes, node rank and the endpoint from the PET_* variables the user set.
@@ -109,8 +109,8 @@ def launch_command(num_processes: int, launcher: str, module: str, module_args: 
                 "--nproc-per-node", str(num_processes), "-m", module, *module_args]
     if not on_gpu:
         raise LaunchError(
-            "params.yaml: train.launcher is 'accelerate', but there is no GPU: `accelerate launch` starts "
-            "several CPU processes only through MPI. Use train.launcher=torchrun on a CPU (gloo backend).")
+            "params.yaml: runtime.launcher is 'accelerate', but there is no GPU: `accelerate launch` starts "
+            "several CPU processes only through MPI. Use runtime.launcher=torchrun on a CPU (gloo backend).")
     nodes = int(environ.get("PET_NNODES", "1"))
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                "--num_processes", str(num_processes * nodes), "--num_machines", str(nodes)]
@@ -122,6 +122,24 @@ def launch_command(num_processes: int, launcher: str, module: str, module_args: 
         command += ["--machine_rank", environ["PET_NODE_RANK"], "--main_process_ip", environ["PET_MASTER_ADDR"],
                     "--main_process_port", environ["PET_MASTER_PORT"]]
     return command + ["--module", module, *module_args]
+
+
+def setup_process(num_processes: int, launcher: str, module: str, module_args: Sequence[str]) -> int | None:
+    """Decide this process's part before anything touches CUDA; return an exit status if it was the launcher.
+
+    num_processes > 1 in a plain process: launch the workers and wait (their exit status is returned).
+    In a worker: check the launch matches params.yaml, and bind the worker to its GPU. One process: see
+    only one GPU (use_one_gpu). Returns None when this process is to train.
+    """
+    if num_processes > 1 and not is_worker():
+        return relaunch(num_processes, launcher, module, module_args)
+    if is_worker():
+        check_worker(num_processes)
+        bind_device()
+    elif (narrowed := use_one_gpu()) is not None:
+        print(f"train: train.num_processes is 1, so one GPU (CUDA_VISIBLE_DEVICES={narrowed}); "
+              "set train.num_processes to use more")
+    return None
 
 
 def relaunch(num_processes: int, launcher: str, module: str, module_args: Sequence[str]) -> int:
@@ -167,7 +185,7 @@ def pad_to_even_shards(dataset, *, rows_per_device_batch: int, num_processes: in
         # Another per-token column (a library's mask): 0 is "not trained" for every mask.
         if not isinstance(first[name], list) or len(first[name]) != len(first["input_ids"]):
             raise LaunchError(f"train: cannot make a neutral filler row for column '{name}' of the prepared "
-                              "training set; alpaca_qlora/distributed.py pad_to_even_shards must learn it")
+                              "training set; alpaca_qlora/training/distributed.py pad_to_even_shards must learn it")
         neutral[name] = [0]
     filler = Dataset.from_dict({name: [neutral[name]] * missing for name in dataset.column_names},
                                features=dataset.features)

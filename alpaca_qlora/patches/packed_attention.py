@@ -17,19 +17,25 @@ or `UNSLOTH_TORCH_VARLEN=0` (Unsloth's own switch for this path).
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
-# What the last call decided, for the adapter's metadata.json.
-STATUS = "not requested (backend hf, or Unsloth not loaded for training)"
-
-
-def enable_unsloth_packed_flash_attention() -> str:
-    """Install the stand-in if it applies; return (and keep in STATUS) what packed attention runs as."""
-    global STATUS
-    STATUS = _install()
-    return STATUS
+# The attributes of unsloth.utils.attention_dispatch that the stand-in replaces, restored on exit.
+REPLACED = ("_TORCH_VARLEN_ATTN", "_LEAN_VARLEN", "_varlen_can_use_cudnn")
 
 
-def _install() -> str:
+@contextmanager
+def applied() -> Iterator[str]:
+    """Install the stand-in where it applies; yield what packed attention runs as; restore Unsloth on exit."""
+    saved: dict = {}
+    try:
+        yield _install(saved)
+    finally:
+        for (module, name), value in saved.items():
+            setattr(module, name, value)
+
+
+def _install(saved: dict) -> str:
     import torch
 
     if not torch.cuda.is_available():
@@ -55,6 +61,7 @@ def _install() -> str:
         return dispatch._LeanFlashVarlen.apply(query, key, value, cu_seq_q, max_q, tuple(window_size) == (-1, 0),
                                                scale, window_size[0], window_size[1])
 
+    saved.update({(dispatch, name): getattr(dispatch, name) for name in REPLACED})
     dispatch._TORCH_VARLEN_ATTN = varlen_attn
     dispatch._LEAN_VARLEN = True
     dispatch._varlen_can_use_cudnn = lambda *args, **kwargs: False

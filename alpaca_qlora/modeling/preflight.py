@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable
 
-from alpaca_qlora.offline import OFFLINE_PREFIX, is_offline
+from alpaca_qlora.modeling.offline_models import OFFLINE_PREFIX, is_offline
 
 TRUTHY = {"1", "on", "yes", "true"}
 
@@ -36,7 +36,7 @@ def check_backend_device(backend: str, model_name: str, *, cuda_available: bool 
         raise EnvironmentProblem(
             f"params.yaml: train.backend=unsloth with model.name={model_name!r} needs a CUDA GPU, and this "
             "machine has none (torch.cuda.is_available() is False). Run on a GPU machine; or, on a CPU, use "
-            "the offline profile (`make smoke`, or `python -m alpaca_qlora.offline_workspace build/smoke` "
+            "the offline profile (`make smoke`, or `python -m alpaca_qlora.cli.offline_workspace build/smoke` "
             f"then `dvc repro` there: model.name={OFFLINE_PREFIX}tiny-mistral); or set train.backend: hf "
             "(transformers + peft, runs on a CPU, very slowly for a 7B model).")
 

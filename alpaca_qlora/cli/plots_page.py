@@ -1,6 +1,6 @@
 """An HTML template for `dvc plots show/diff` that renders with no network: Vega, Vega-Lite and Vega-Embed inlined.
 
-    python -m alpaca_qlora.plots_page build/plots/offline-template.html
+    python -m alpaca_qlora.cli.plots_page build/plots/offline-template.html
     dvc plots diff <exp1> <exp2> --html-template build/plots/offline-template.html -o build/plots
 
 DVC's default page loads vega, vega-lite and vega-embed from a CDN, so on a machine with no internet (CI,

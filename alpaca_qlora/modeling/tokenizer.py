@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from alpaca_qlora.offline import resolve_model_path
+from alpaca_qlora.modeling.offline_models import resolve_model_path
 
 
 def load_tokenizer(model_params: dict[str, Any]):
     """The tokenizer of `model.name` (hub id, local directory or offline:<preset>), padded safely."""
     from transformers import AutoTokenizer
 
-    from alpaca_qlora.environment import check_model_reachable
+    from alpaca_qlora.modeling.preflight import check_model_reachable
 
     check_model_reachable(model_params["name"])  # name the id and HF_HUB_OFFLINE, not a hub stack trace
     return ensure_pad_token(AutoTokenizer.from_pretrained(resolve_model_path(model_params)))

@@ -1,4 +1,4 @@
-"""TRL 1.15's SFTTrainer computes the loss with a Triton kernel, which needs a GPU.
+"""TRL's loss kernel in plain PyTorch on a CPU: TRL 1.15's SFTTrainer computes the loss with a Triton kernel.
 
 On a CPU (the offline profile, CI) the `hf` backend would stop at that kernel. This swaps in the same
 computation in plain PyTorch: log-probabilities of the targets (the loss), and the logging-only extras
@@ -6,6 +6,9 @@ TRL asks for (entropy, top-1 accuracy). Unsloth brings its own CPU path and does
 when no GPU is present; on a GPU TRL's kernel runs untouched.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
 
 
 class TorchChunkedLogProb:
@@ -32,9 +35,18 @@ class TorchChunkedLogProb:
         return log_probs, entropy, log_sum_sq, mean_logits, is_top1
 
 
-def use_torch_loss_on_cpu() -> None:
+@contextmanager
+def applied() -> Iterator[str]:
+    """On a CPU, TRL's `trl.trainer.utils._ChunkedLogProbFunction` is TorchChunkedLogProb until exit."""
     import torch
-    import trl.trainer.utils
+    import trl.trainer.utils as trl_utils
 
-    if not torch.cuda.is_available():
-        trl.trainer.utils._ChunkedLogProbFunction = TorchChunkedLogProb
+    if torch.cuda.is_available():
+        yield "not applied (CUDA: TRL's Triton kernel)"
+        return
+    original = trl_utils._ChunkedLogProbFunction
+    trl_utils._ChunkedLogProbFunction = TorchChunkedLogProb
+    try:
+        yield "applied (CPU: TRL's chunked log-prob kernel replaced by plain PyTorch)"
+    finally:
+        trl_utils._ChunkedLogProbFunction = original

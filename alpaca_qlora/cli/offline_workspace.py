@@ -1,6 +1,6 @@
 """Make a scratch copy of this repository in which the offline profile is params.yaml.
 
-    python -m alpaca_qlora.offline_workspace build/smoke [--set train.epochs=2 ...]
+    python -m alpaca_qlora.cli.offline_workspace build/smoke [--set train.epochs=2 ...]
 
 The copy holds the repository's files (tracked, plus untracked files git does not ignore), a params.yaml
 with profiles/offline.yaml and then every --set laid over it (comments kept), and a fresh git repo with
@@ -19,7 +19,7 @@ from ruamel.yaml import YAML
 
 from alpaca_qlora.params import SCHEMA, ParamsError, read_yaml, validate_section
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILE = Path("profiles") / "offline.yaml"
 
 

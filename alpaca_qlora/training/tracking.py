@@ -2,7 +2,7 @@
 
 DVCLive writes under reports/train/ with `dvcyaml=False`: the metrics and plots are declared once, at the
 top level of dvc.yaml, so DVCLive never rewrites it. W&B's mode comes from the WANDB_MODE environment
-variable if set, else from train.wandb_mode. "online" without a reachable server falls back to "offline"
+variable if set, else from runtime.wandb_mode. "online" without a reachable server falls back to "offline"
 (runs are synced later with `wandb sync wandb/`) instead of hanging or failing the stage.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ def resolve_wandb_mode(param_mode: str, *, probe_timeout_s: float = 3.0) -> str:
     if mode == "dryrun":  # W&B's older name for offline
         mode = "offline"
     if mode not in {"disabled", "offline", "online"}:
-        raise ValueError(f"WANDB_MODE / train.wandb_mode must be disabled, offline or online, got {mode!r}")
+        raise ValueError(f"WANDB_MODE / runtime.wandb_mode must be disabled, offline or online, got {mode!r}")
     if mode == "online" and not _reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"),
                                            probe_timeout_s):
         print("train: Weights & Biases server unreachable; logging offline (sync later: wandb sync wandb/)")
@@ -40,18 +40,18 @@ def _reachable(url: str, timeout_s: float) -> bool:
 def run_revision() -> dict[str, str | bool | None]:
     """Where this run comes from: the git commit, and the DVC experiment when `dvc exp run` started it.
 
-    The commit and its dirty flag are metadata.git_revision's, the same ones the adapter's metadata.json
+    The commit and its dirty flag are provenance.git_revision's, the same ones the adapter's metadata.json
     records. DVC sets DVC_EXP_BASELINE_REV (the commit the experiment is based on) and DVC_EXP_NAME in the
     environment of the stage commands it runs for an experiment; `dvc exp show` lists that name.
     """
-    from alpaca_qlora.metadata import git_revision
+    from alpaca_qlora.provenance import git_revision
 
     git = git_revision() or {"commit": None, "dirty": None}
     return {"git_commit": git["commit"], "git_dirty": git["dirty"], "dvc_exp_name": os.environ.get("DVC_EXP_NAME"),
             "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV")}
 
 
-def training_callbacks_and_reporters(train_params: dict, *, run_config: dict | None = None) -> tuple[list, list[str]]:
+def training_callbacks_and_reporters(runtime_params: dict, *, run_config: dict | None = None) -> tuple[list, list[str]]:
     """DVCLive's HF callback, plus "wandb" in `report_to` when W&B is not disabled.
 
     With W&B on, the run is started here with `run_config` (the stage's params and data fingerprint) plus
@@ -61,11 +61,11 @@ def training_callbacks_and_reporters(train_params: dict, *, run_config: dict | N
     from dvclive import Live
     from transformers.integrations import DVCLiveCallback
 
-    mode = resolve_wandb_mode(train_params["wandb_mode"])
+    mode = resolve_wandb_mode(runtime_params["wandb_mode"])
     os.environ["WANDB_MODE"] = mode
     reporters = []
     if mode != "disabled":
-        os.environ.setdefault("WANDB_PROJECT", train_params["wandb_project"])
+        os.environ.setdefault("WANDB_PROJECT", runtime_params["wandb_project"])
         os.environ.setdefault("WANDB_INIT_TIMEOUT", "30")
         import wandb
 

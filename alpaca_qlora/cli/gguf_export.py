@@ -1,7 +1,7 @@
-"""Export a merged model (alpaca_qlora.merge) to GGUF, for llama.cpp, Ollama and LM Studio.
+"""Export a merged model (alpaca_qlora.cli.merge) to GGUF, for llama.cpp, Ollama and LM Studio.
 
-    python -m alpaca_qlora.merge --adapter models/adapter --out build/merged
-    python -m alpaca_qlora.gguf_export --merged build/merged --out build/model-q8_0.gguf --outtype q8_0
+    python -m alpaca_qlora.cli.merge --adapter models/adapter --out build/merged
+    python -m alpaca_qlora.cli.gguf_export --merged build/merged --out build/model-q8_0.gguf --outtype q8_0
 
 llama.cpp's converter (convert_hf_to_gguf.py, with its `conversion` package and the matching gguf-py) is
 not a PyPI package of its own, but the source distribution of llama-cpp-python ships it, at the llama.cpp
@@ -62,7 +62,7 @@ def export_gguf(merged_dir: Path, out_file: Path, *, outtype: str = "q8_0",
     if outtype not in OUTTYPES:
         raise ValueError(f"--outtype must be one of {', '.join(OUTTYPES)} (K-quants: see README), got {outtype!r}")
     if not (merged_dir / "config.json").is_file() or (merged_dir / "adapter_config.json").is_file():
-        raise ValueError(f"{merged_dir} is not a merged model: run python -m alpaca_qlora.merge --out {merged_dir}"
+        raise ValueError(f"{merged_dir} is not a merged model: run python -m alpaca_qlora.cli.merge --out {merged_dir}"
                          " first (GGUF needs the full weights, not an adapter)")
     script = converter(converter_dir)
     out_file.parent.mkdir(parents=True, exist_ok=True)

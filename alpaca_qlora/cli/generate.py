@@ -1,15 +1,15 @@
 """Talk to a trained adapter: the prompt rendered with the training template, tokens streamed until EOS.
 
-    python -m alpaca_qlora.generate --adapter models/adapter "Give three tips for staying healthy."
-    python -m alpaca_qlora.generate --adapter models/adapter --input "48 and 52" "Add the two numbers."
-    python -m alpaca_qlora.generate --adapter models/adapter --interactive     # one prompt per stdin line
+    python -m alpaca_qlora.cli.generate --adapter models/adapter "Give three tips for staying healthy."
+    python -m alpaca_qlora.cli.generate --adapter models/adapter --input "48 and 52" "Add the two numbers."
+    python -m alpaca_qlora.cli.generate --adapter models/adapter --interactive     # one prompt per stdin line
 
 The adapter folder says everything needed (metadata.json): its base model, the exact template text and
 variant choice training used, and the tokenizer. The instruction goes through the same
 `PromptTemplate.render_prompt` as the format stage and is tokenized the same way (BOS added), so the model
-sees at inference what it saw in training. Loading goes through alpaca_qlora.models, as in the evaluate
-stage: `--backend unsloth` (FastLanguageModel.for_inference, the default on a GPU) or `hf` (transformers +
-bitsandbytes + peft, the default on a CPU). Decoding is greedy unless --temperature is above 0.
+sees at inference what it saw in training. Loading goes through alpaca_qlora.modeling.backends, as in the
+evaluate stage: `--backend unsloth` (FastLanguageModel.for_inference, the default on a GPU) or `hf`
+(transformers + bitsandbytes + peft, the default on a CPU). Decoding is greedy unless --temperature is above 0.
 """
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-from alpaca_qlora.template import PromptTemplate
+from alpaca_qlora.modeling import backends
+from alpaca_qlora.modeling.adapter import AdapterMetadata
 
 
 @dataclass(frozen=True)
@@ -27,21 +28,6 @@ class Answer:
     text: str
     new_tokens: int
     stopped_at_eos: bool
-
-
-def adapter_prompt_renderer(metadata: dict[str, Any], *, path: Path) -> Callable[[str, str], str]:
-    """(instruction, input) -> prompt, with the template and variant choice the adapter was trained with."""
-    try:
-        spec, variant = metadata["template"], metadata["format"]["input_free_variant"]
-    except KeyError as missing:
-        raise ValueError(f"{path}: no {missing} recorded; retrain with the current train stage, which records "
-                         "the template and format.input_free_variant beside the adapter") from None
-    template = PromptTemplate.from_dict(spec)
-
-    def render(instruction: str, input_text: str = "") -> str:
-        return template.render_prompt({"instruction": instruction, "input": input_text},
-                                      input_free_variant=variant)
-    return render
 
 
 def stream_answer(model, tokenizer, prompt: str, *, max_new_tokens: int, on_text: Callable[[str], None],
@@ -75,22 +61,12 @@ def stream_answer(model, tokenizer, prompt: str, *, max_new_tokens: int, on_text
     return Answer(text=text, new_tokens=len(new), stopped_at_eos=bool(new) and new[-1] == tokenizer.eos_token_id)
 
 
-def load_adapter_for_inference(adapter_dir: Path, backend: str | None = None):
-    """(model, tokenizer, render) for a trained adapter folder, through alpaca_qlora.models' loaders."""
-    from alpaca_qlora.metadata import read_adapter_metadata
-
-    metadata = read_adapter_metadata(adapter_dir)
-    render = adapter_prompt_renderer(metadata, path=adapter_dir / "metadata.json")
-    if backend is None:
-        import torch
-
-        backend = "unsloth" if torch.cuda.is_available() else "hf"
-    if backend == "unsloth":
-        import unsloth  # noqa: F401  (must be imported before transformers)
-    from alpaca_qlora.models import attach_adapter, load_base_for_evaluation
-
-    model, tokenizer = load_base_for_evaluation(backend, metadata["params"]["model"])
-    return attach_adapter(model, backend, adapter_dir), tokenizer, render
+def load_adapter_for_inference(adapter_dir: Path, backend_name: str | None = None):
+    """(model, tokenizer, render) for a trained adapter folder: its base model, backend loader and template."""
+    metadata = AdapterMetadata.read(adapter_dir)
+    backend = backends.get(backend_name or backends.default_for_inference())
+    model, tokenizer = backend.load_for_inference(metadata.model_params)
+    return backend.attach_adapter(model, adapter_dir), tokenizer, metadata.prompt_renderer()
 
 
 def main() -> None:
@@ -99,7 +75,7 @@ def main() -> None:
     parser.add_argument("--adapter", type=Path, default=Path("models/adapter"))
     parser.add_argument("--input", default="", help="the record's input (context); empty by default")
     parser.add_argument("--interactive", action="store_true", help="read one instruction per stdin line")
-    parser.add_argument("--backend", choices=("unsloth", "hf"),
+    parser.add_argument("--backend", choices=backends.NAMES,
                         help="default: unsloth on a GPU, hf (transformers + bitsandbytes + peft) on a CPU")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy decoding")

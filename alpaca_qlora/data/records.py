@@ -1,18 +1,13 @@
-"""Alpaca records: loading a source, validating every record, seeded sampling, stable JSONL files.
+"""Alpaca records from a source: a hub data set or a local .json / .jsonl / .parquet file, every record checked.
 
 A record is {"instruction": str, "input": str, "output": str}. Hub ids go through `datasets`; local files
 are read here line by line so that a bad record is reported with its file and line number.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterable
-
-import numpy as np
-
-from alpaca_qlora.atomic import atomic_write_bytes
+from typing import Any
 
 FIELDS = ("instruction", "input", "output")
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -123,77 +118,3 @@ def validate_records(rows: list[Any], where: list[str]) -> list[dict[str, str]]:
             raise DataError(f"{location}: field 'input' must be a string (may be empty), got {value!r}")
         clean.append({"instruction": row["instruction"], "input": value, "output": row["output"]})
     return clean
-
-
-def find_duplicates(records: list[dict[str, str]], where: list[str]) -> list[tuple[str, str]]:
-    """(location of a repeat, location of its first occurrence) for every exact repeat of a record.
-
-    Duplicates are kept, not dropped: removing them would change which records a seed samples. The sample
-    stage warns and counts them in data/sampled/stats.json, so a user can clean the source if they matter.
-    """
-    first_seen: dict[str, str] = {}
-    repeats = []
-    for record, location in zip(records, where):
-        key = canonical_json(record)
-        if key in first_seen:
-            repeats.append((location, first_seen[key]))
-        else:
-            first_seen[key] = location
-    return repeats
-
-
-def fingerprint(records: Iterable[dict[str, Any]]) -> str:
-    """sha256 over the canonical JSON of the records, in order: same content, same hash, any machine."""
-    digest = hashlib.sha256()
-    for record in records:
-        digest.update(canonical_json(record).encode("utf-8"))
-        digest.update(b"\n")
-    return digest.hexdigest()
-
-
-def sample_indices(total: int, *, fraction: float, eval_size: int, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded draw of a training sample of `fraction` x total, and `eval_size` held-out indices.
-
-    One permutation from numpy's PCG64 generator (stable across platforms and numpy versions): its first
-    round(fraction x total) indices are the training sample, the next `eval_size` the held-out set, so
-    the two never overlap and the training set is exactly the requested fraction.
-    """
-    if not 0 < fraction <= 1:
-        raise DataError(f"data.fraction must be in (0, 1], got {fraction}")
-    if eval_size < 1:
-        raise DataError(f"data.eval_size must be at least 1, got {eval_size}")
-    train_size = max(1, round(fraction * total))
-    if train_size + eval_size > total:
-        raise DataError(f"data.fraction={fraction} leaves {total - train_size} of {total} records outside the "
-                        f"sample, fewer than data.eval_size={eval_size}; lower one of them")
-    order = np.random.Generator(np.random.PCG64(seed)).permutation(total).tolist()
-    return order[:train_size], order[train_size:train_size + eval_size]
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-
-
-def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
-    """Write rows as canonical JSON lines (sorted keys, "\\n" endings): byte-identical for equal rows.
-
-    Written to a temporary file and renamed, so a killed run never leaves a truncated file behind.
-    """
-    lines = [canonical_json(row) + "\n" for row in rows]
-    atomic_write_bytes(Path(path), "".join(lines).encode("utf-8"))
-    return len(lines)
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows, _ = _read_jsonl_records(Path(path))
-    return rows
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Stable, human-readable JSON (sorted keys, trailing newline) for stats, metrics and metadata."""
-    text = json.dumps(value, ensure_ascii=False, sort_keys=True, indent=2) + "\n"
-    atomic_write_bytes(Path(path), text.encode("utf-8"))

@@ -1,0 +1,1 @@
+"""A training run: the SFTTrainer built from params, checkpoints and resume, data parallelism, tracking."""

@@ -16,13 +16,12 @@ import time
 from pathlib import Path
 
 from alpaca_qlora import patches
-from alpaca_qlora.data.template import PromptTemplate
 from alpaca_qlora.files import file_sha256, read_json, read_jsonl
 from alpaca_qlora.modeling import backends
 from alpaca_qlora.modeling.adapter import AdapterMetadata, save_adapter
 from alpaca_qlora.params import load_section
 from alpaca_qlora.provenance import device_description, git_revision, library_versions, peak_memory_gib
-from alpaca_qlora.training import distributed
+from alpaca_qlora.training import launch
 from alpaca_qlora.training.checkpoints import CHECKPOINTS_DIR, checkpoint_step, run_key
 
 
@@ -33,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     model_params, lora_params = load_section("model"), load_section("lora")
     params, runtime = load_section("train"), load_section("runtime")
-    status = distributed.setup_process(params["num_processes"], runtime["launcher"], "stages.train", sys.argv[1:])
+    status = launch.setup_process(params["num_processes"], runtime["launcher"], "stages.train", sys.argv[1:])
     if status is not None:  # this process only launched the workers
         sys.exit(status)
     backend = backends.get(params["backend"])  # imports Unsloth before transformers and TRL
@@ -51,10 +50,7 @@ def main() -> None:
                                     "params": {"model": model_params, "lora": lora_params, "train": params},
                                     "data": data})
     steps = outcome.result.global_step
-    if outcome.stopped_by_sigterm:
-        print(f"train: SIGTERM: stopped at step {steps}" + (
-            f", checkpoint saved in {CHECKPOINTS_DIR / key}; rerun `dvc repro` to resume" if runtime["save_steps"]
-            else "; runtime.save_steps is 0, so the next run starts over"))
+    if outcome.stopped_by_sigterm:  # a checkpoint was saved (trainer.train said where): exit as killed
         sys.exit(128 + signal.SIGTERM)
     if not outcome.is_main_process:
         return
@@ -63,7 +59,7 @@ def main() -> None:
     save_adapter(args.out, model, tokenizer, AdapterMetadata(
         base_model=model_params["name"], backend=backend.name,
         params={"model": model_params, "lora": lora_params, "train": params},
-        template=PromptTemplate.from_dict(format_stats["template"]).as_dict(),
+        template=format_stats["template"],
         format={"input_free_variant": format_stats["input_free_variant"]}, data=data,
         reproduce={"command": "dvc repro", "git": git_revision(), "checkpoint_run_key": key},
         resumed_from_step=checkpoint_step(outcome.resumed_from) if outcome.resumed_from else None,

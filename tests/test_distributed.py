@@ -13,8 +13,9 @@ import pytest
 import torch
 from datasets import Dataset
 
-from alpaca_qlora.training import distributed
-from alpaca_qlora.training.distributed import LaunchError, example_key, launch_command, pad_to_even_shards
+from alpaca_qlora.training import distributed, launch
+from alpaca_qlora.training.distributed import example_key, pad_to_even_shards
+from alpaca_qlora.training.launch import LaunchError, launch_command
 from tests.conftest import run_dvc, stages_run
 
 REAL_TOKENS = 53020  # the offline training set's tokens; one process counts the same (tests/test_train.py)
@@ -99,9 +100,9 @@ def test_accelerate_command_maps_the_same_rendezvous_and_refuses_a_cpu():
 
 
 def test_a_worker_launched_with_another_process_count_than_params_stops():
-    distributed.check_worker(2, {"LOCAL_RANK": "0", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"})
+    launch.check_worker(2, {"LOCAL_RANK": "0", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"})
     with pytest.raises(LaunchError, match="train.num_processes=2"):
-        distributed.check_worker(1, {"LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"})
+        launch.check_worker(1, {"LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"})
 
 
 def test_filler_rows_complete_the_last_batches_and_carry_no_label():

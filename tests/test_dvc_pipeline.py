@@ -24,9 +24,15 @@ def test_second_repro_runs_nothing_and_status_is_clean(workspace_copy):
     assert run_dvc(workspace_copy, "status").strip() == "Data and pipelines are up to date."
 
 
-def test_train_key_reruns_train_and_evaluate_only(workspace_copy):
-    output = run_dvc(workspace_copy, "exp", "run", "-S", "train.warmup_steps=2")
-    assert stages_run(output) == ["train", "evaluate"]
+def test_runtime_keys_rerun_nothing_and_are_kept_for_the_next_run(workspace_copy):
+    """W&B mode, logging and checkpoint cadence cannot change the adapter: no stage declares them."""
+    output = run_dvc(workspace_copy, "exp", "run", "-S", "runtime.wandb_mode=offline", "-S", "runtime.save_steps=7",
+                     "-S", "runtime.logging_steps=3", "-S", "runtime.launcher=accelerate")
+    assert stages_run(output) == [], output
+    runtime = YAML(typ="safe", pure=True).load((workspace_copy / "params.yaml").read_text())["runtime"]
+    assert runtime == {**runtime, "wandb_mode": "offline", "save_steps": 7, "logging_steps": 3,
+                       "launcher": "accelerate"}
+    assert run_dvc(workspace_copy, "status").strip() == "Data and pipelines are up to date."
 
 
 def test_evaluate_key_reruns_evaluate_only(workspace_copy):
@@ -58,7 +64,7 @@ def test_same_params_give_same_data_hashes(reproduced_workspace, offline_workspa
         assert lock_md5(other, path) == lock_md5(reproduced_workspace, path), path
 
 
-def test_exp_run_creates_an_experiment_listed_with_its_metrics(workspace_copy):
+def test_a_train_key_reruns_train_and_evaluate_into_an_experiment_listed_with_its_metrics(workspace_copy):
     output = run_dvc(workspace_copy, "exp", "run", "-n", "lr-1e-3", "-S", "train.learning_rate=1e-3")
     assert stages_run(output) == ["train", "evaluate"]
     shown = json.loads(run_dvc(workspace_copy, "exp", "show", "--json"))

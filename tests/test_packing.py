@@ -10,7 +10,6 @@ session can patch TRL under it. The GPU run of the same check is in BENCHMARKS.m
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from alpaca_qlora.cli.offline_workspace import make_offline_workspace
+from tests.conftest import cli_env
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "PYTHONPATH": str(cwd), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=cwd, env={**cli_env(), "PYTHONPATH": str(cwd)}, capture_output=True, text=True)
     assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     return done
 

@@ -1,163 +1,19 @@
-"""Data-parallel training (PyTorch DDP) for the train stage, launched by torchrun or `accelerate launch`.
+"""Data-parallel training that stays correct: each example exactly once per epoch, replicas that stay equal.
 
-`dvc repro` runs `python -m stages.train ...` as always. With `train.num_processes` > 1 that process is only
-the launcher: it re-runs the same module under `python -m torch.distributed.run` (torchrun) or
-`accelerate launch --multi_gpu` with that many processes on this node, waits, and exits with their status.
-Each worker process is an ordinary train stage: the HF Trainer sees the launcher's environment (RANK,
-LOCAL_RANK, WORLD_SIZE), wraps the model in DistributedDataParallel (NCCL on GPUs, gloo on a CPU) and
-shards every batch across the processes through accelerate. Nothing here reimplements any of that.
-
-Several nodes: the rendezvous comes from torchrun's own environment variables, which torchrun reads for
-each of its flags (PET_<FLAG>, see torch/distributed/argparse_util.py): PET_NNODES, PET_NODE_RANK,
-PET_MASTER_ADDR, PET_MASTER_PORT (static rendezvous), or PET_RDZV_BACKEND=c10d, PET_RDZV_ENDPOINT,
-PET_RDZV_ID (elastic). For the accelerate launcher the same PET_NNODES / PET_NODE_RANK / PET_MASTER_ADDR /
-PET_MASTER_PORT become --num_machines / --machine_rank / --main_process_ip / --main_process_port, so one
-set of variables describes the cluster whichever launcher params.yaml names.
-
-Also here: `pad_to_even_shards`, which makes "each example exactly once per epoch" hold under DDP.
+Under DDP (training/launch.py starts the processes) accelerate shards every batch across the processes.
+`pad_to_even_shards` keeps the shards even without repeating examples, `replica_divergence` proves after
+training that the processes stayed in step, and `record_batch` logs what each rank trained on, for the
+tests and the scaling benchmark.
 """
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from typing import Any, Mapping, MutableMapping, Sequence
+from typing import Any, Mapping, Sequence
 
-LAUNCHERS = ("torchrun", "accelerate")
-# Variables through which torchrun itself reads its multi-node flags; any of them means "not standalone".
-RENDEZVOUS_ENV = ("PET_NNODES", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT", "PET_RDZV_BACKEND",
-                  "PET_RDZV_ENDPOINT", "PET_RDZV_ID")
-# Set by torchrun and `accelerate launch` in every worker they start.
-WORKER_ENV = ("LOCAL_RANK", "WORLD_SIZE")
+from alpaca_qlora.training.launch import LaunchError, rank
+
 # Debug / benchmark hook: a folder where each rank appends what it trained on, and when (see record_batch).
 BATCH_LOG_ENV = "ALPACA_QLORA_BATCH_LOG"
-
-
-class LaunchError(RuntimeError):
-    """A data-parallel setting that cannot run as asked; the message says which param or variable to change."""
-
-
-def is_worker(environ: Mapping[str, str] = os.environ) -> bool:
-    """True inside a process started by torchrun / accelerate launch."""
-    return all(name in environ for name in WORKER_ENV)
-
-
-def rank(environ: Mapping[str, str] = os.environ) -> int:
-    return int(environ.get("RANK", "0"))
-
-
-def world_size(environ: Mapping[str, str] = os.environ) -> int:
-    return int(environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process(environ: Mapping[str, str] = os.environ) -> bool:
-    """Global rank 0: the one process that writes the adapter, the metadata and the DVCLive / W&B logs."""
-    return rank(environ) == 0
-
-
-def bind_device(environ: Mapping[str, str] = os.environ) -> None:
-    """Make this worker's GPU, cuda:LOCAL_RANK, the current device before anything touches CUDA.
-
-    The model is loaded there (alpaca_qlora.modeling.backends; Unsloth does the same), and kernels launched on the
-    current device (Triton's, bitsandbytes') must find their tensors on it, also before the Trainer's
-    accelerate state would set it.
-    """
-    import torch
-
-    if is_worker(environ) and torch.cuda.is_available():
-        torch.cuda.set_device(int(environ["LOCAL_RANK"]))
-
-
-def use_one_gpu(environ: MutableMapping[str, str] = os.environ) -> str | None:
-    """A single training process sees one GPU: the first of CUDA_VISIBLE_DEVICES, or GPU 0.
-
-    Why: with several GPUs visible to one process, the HF Trainer wraps the model in nn.DataParallel, which
-    TRL's SFTTrainer refuses (measured on 2 H200s: the hf backend stopped with "SFTTrainer does not support
-    `nn.DataParallel`"). More GPUs are used through `train.num_processes`, never implicitly. Returns the
-    new CUDA_VISIBLE_DEVICES when it narrowed a list, else None. Call before anything initialises CUDA."""
-    visible = environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        environ["CUDA_VISIBLE_DEVICES"] = "0"
-        return None
-    first = visible.split(",")[0].strip()
-    if first and first != visible.strip():
-        environ["CUDA_VISIBLE_DEVICES"] = first
-        return first
-    return None
-
-
-def check_worker(num_processes: int, environ: Mapping[str, str] = os.environ) -> None:
-    """A worker's launch must match params.yaml, so metadata and the effective batch describe what ran."""
-    local = int(environ.get("LOCAL_WORLD_SIZE", environ.get("WORLD_SIZE", "1")))
-    if local != num_processes:
-        raise LaunchError(
-            f"params.yaml: train.num_processes is {num_processes}, but this stage was launched with "
-            f"{local} processes on this node (LOCAL_WORLD_SIZE={local}). Set train.num_processes={local}, "
-            "or run the stage plainly (`dvc repro`) and let it launch itself.")
-
-
-def launch_command(num_processes: int, launcher: str, module: str, module_args: Sequence[str], *,
-                   environ: Mapping[str, str] = os.environ, on_gpu: bool) -> list[str]:
-    """argv that runs `python -m module module_args` in `num_processes` processes on this node.
-
-    `launcher` is one of LAUNCHERS (params.py checks runtime.launcher)."""
-    if launcher == "torchrun":
-        # --standalone: a private rendezvous on a free local port (no fixed port to collide on). Without it,
-        # torchrun takes nnodes, node rank and the endpoint from the PET_* variables the user set.
-        multi_node = any(name in environ for name in RENDEZVOUS_ENV)
-        return [sys.executable, "-m", "torch.distributed.run", *([] if multi_node else ["--standalone"]),
-                "--nproc-per-node", str(num_processes), "-m", module, *module_args]
-    if not on_gpu:
-        raise LaunchError(
-            "params.yaml: runtime.launcher is 'accelerate', but there is no GPU: `accelerate launch` starts "
-            "several CPU processes only through MPI. Use runtime.launcher=torchrun on a CPU (gloo backend).")
-    nodes = int(environ.get("PET_NNODES", "1"))
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-               "--num_processes", str(num_processes * nodes), "--num_machines", str(nodes)]
-    if nodes > 1:
-        missing = [name for name in ("PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT") if name not in environ]
-        if missing:
-            raise LaunchError(f"PET_NNODES={nodes} needs {', '.join(missing)} set on every node "
-                              "(README.md, 'Scaling out')")
-        command += ["--machine_rank", environ["PET_NODE_RANK"], "--main_process_ip", environ["PET_MASTER_ADDR"],
-                    "--main_process_port", environ["PET_MASTER_PORT"]]
-    return command + ["--module", module, *module_args]
-
-
-def setup_process(num_processes: int, launcher: str, module: str, module_args: Sequence[str]) -> int | None:
-    """Decide this process's part before anything touches CUDA; return an exit status if it was the launcher.
-
-    num_processes > 1 in a plain process: launch the workers and wait (their exit status is returned).
-    In a worker: check the launch matches params.yaml, and bind the worker to its GPU. One process: see
-    only one GPU (use_one_gpu). Returns None when this process is to train.
-    """
-    if num_processes > 1 and not is_worker():
-        return relaunch(num_processes, launcher, module, module_args)
-    if is_worker():
-        check_worker(num_processes)
-        bind_device()
-    elif (narrowed := use_one_gpu()) is not None:
-        print(f"train: train.num_processes is 1, so one GPU (CUDA_VISIBLE_DEVICES={narrowed}); "
-              "set train.num_processes to use more")
-    return None
-
-
-def relaunch(num_processes: int, launcher: str, module: str, module_args: Sequence[str]) -> int:
-    """Run the module under the launcher and return its exit status.
-
-    Refuses more processes than GPUs on a GPU machine: a second process on an occupied GPU would not be
-    data parallelism but two copies contending for one card.
-    """
-    import torch
-
-    on_gpu = torch.cuda.is_available()
-    if on_gpu and num_processes > torch.cuda.device_count():
-        raise LaunchError(f"params.yaml: train.num_processes is {num_processes}, but only "
-                          f"{torch.cuda.device_count()} GPU(s) are visible; lower it or expose more GPUs")
-    command = launch_command(num_processes, launcher, module, module_args, on_gpu=on_gpu)
-    print(f"train: {num_processes} data-parallel processes per node through {launcher}: {' '.join(command)}",
-          flush=True)
-    return subprocess.run(command, check=False).returncode
 
 
 def pad_to_even_shards(dataset, *, rows_per_device_batch: int, num_processes: int, pad_token_id: int):

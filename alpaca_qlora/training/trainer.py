@@ -17,7 +17,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from alpaca_qlora.training import distributed
+from alpaca_qlora.training import distributed, launch
 from alpaca_qlora.training.checkpoints import (PREFIX, last_complete_checkpoint, load_adapter_in_place,
                                                logged_history, mark_complete, replay_into_dvclive)
 from alpaca_qlora.training.tracking import training_callbacks_and_reporters
@@ -152,7 +152,7 @@ def train(model, tokenizer, rows: list[dict[str, Any]], *, model_params: dict, t
     resume_from = last_complete_checkpoint(checkpoint_dir) if runtime_params["save_steps"] else None
     # Rank 0 alone logs: a DVCLive Live() on another rank would reset reports/train/ under rank 0's feet.
     callbacks, reporters = (training_callbacks_and_reporters(runtime_params, run_config=run_config)
-                            if distributed.is_main_process() else ([], []))
+                            if launch.is_main_process() else ([], []))
     if resume_from is not None:
         print(f"train: resuming from {resume_from} (delete {checkpoint_dir} to start over)")
         if callbacks:
@@ -173,6 +173,9 @@ def train(model, tokenizer, rows: list[dict[str, Any]], *, model_params: dict, t
     outcome = TrainOutcome(result=result, real_tokens=trainer.token_counter.tokens, resumed_from=resume_from,
                            stopped_by_sigterm=sigterm.received, is_main_process=trainer.accelerator.is_main_process)
     if outcome.stopped_by_sigterm:
+        print(f"train: SIGTERM: stopped at step {result.global_step}" + (
+            f", checkpoint saved in {checkpoint_dir}; rerun `dvc repro` to resume" if runtime_params["save_steps"]
+            else "; runtime.save_steps is 0, so the next run starts over"))
         return outcome
     divergence = 0.0
     if processes > 1:  # every rank counted its own share; the replicas must have stayed in step
@@ -180,7 +183,7 @@ def train(model, tokenizer, rows: list[dict[str, Any]], *, model_params: dict, t
             torch.tensor(outcome.real_tokens, device=trainer.accelerator.device), reduction="sum"))
         divergence = distributed.replica_divergence(model)
         if divergence > 1e-6:
-            raise distributed.LaunchError(
+            raise launch.LaunchError(
                 f"train: the {processes} processes ended with different LoRA weights (largest difference "
                 f"{divergence:.2e}): gradients were not synchronized, so this was not data-parallel training")
     args = trainer.args

@@ -59,7 +59,7 @@ for phase in "$@"; do
       --stages train --reuse-data /tmp/gpu-job/packed "${set_args[@]}" --set train.max_steps=20 \
       --set train.packing=false --set train.batch_size=16 --set train.gradient_accumulation_steps=5
     step python3 -m benchmarks.gpu_job plot "$results/packed20" "$results/unpacked20" \
-      --labels "packed (2 rows of 2048 x accum 4),unpacked (16 padded rows x accum 5)" \
+      --labels "packed (train.batch_size x accumulation from params.yaml),unpacked (16 padded rows x accum 5)" \
       --out "$results/loss_curves.png" ;;
   ddp)
     step python3 -m benchmarks.ddp_scaling --out "$results/ddp_scaling.json" --backends "$DDP_BACKENDS" \

@@ -2,7 +2,7 @@
 
 The page is checked in a real headless Chromium (Debian's `chromium`), with every host name resolving to
 nothing, so it passes only if the page renders with no network: Vega comes inlined from the offline
-template (alpaca_qlora/plots_page.py), not from DVC's default CDN tags. On CI (CI set) a missing Chromium
+template (alpaca_qlora/cli/plots_page.py), not from DVC's default CDN tags. On CI (CI set) a missing Chromium
 fails the test; locally it is skipped.
 """
 from __future__ import annotations

@@ -8,7 +8,7 @@ not a PyPI package of its own, but the source distribution of llama-cpp-python s
 commit that release vendors. This module fetches that sdist once with pip (`pip download --no-binary`,
 nothing is built or installed), keeps the three converter pieces under build/gguf-converter/, and runs the
 converter with this interpreter. Its types: f32, f16, bf16, q8_0 (the converter quantizes q8_0 itself).
-K-quants such as Q4_K_M need llama.cpp's compiled `llama-quantize`; README.md gives the commands.
+K-quants such as Q4_K_M need llama.cpp's compiled `llama-quantize`; docs/using-the-adapter.md gives the commands.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def export_gguf(merged_dir: Path, out_file: Path, *, outtype: str = "q8_0",
                 converter_dir: Path = CONVERTER_DIR) -> Path:
     """Convert a merged transformers folder (safetensors + tokenizer) to one GGUF file."""
     if outtype not in OUTTYPES:
-        raise ValueError(f"--outtype must be one of {', '.join(OUTTYPES)} (K-quants: see README), got {outtype!r}")
+        raise ValueError(f"--outtype must be one of {', '.join(OUTTYPES)} (K-quants: see docs/using-the-adapter.md), got {outtype!r}")
     if not (merged_dir / "config.json").is_file() or (merged_dir / "adapter_config.json").is_file():
         raise ValueError(f"{merged_dir} is not a merged model: run python -m alpaca_qlora.cli.merge --out {merged_dir}"
                          " first (GGUF needs the full weights, not an adapter)")

@@ -22,6 +22,7 @@ from typing import Iterator
 
 # The attributes of unsloth.utils.attention_dispatch that the stand-in replaces, restored on exit.
 REPLACED = ("_TORCH_VARLEN_ATTN", "_LEAN_VARLEN", "_varlen_can_use_cudnn")
+ABSENT = object()  # an attribute the stand-in adds (Unsloth 2026.10.9 has no _varlen_can_use_cudnn)
 
 
 @contextmanager
@@ -32,7 +33,10 @@ def applied() -> Iterator[str]:
         yield _install(saved)
     finally:
         for (module, name), value in saved.items():
-            setattr(module, name, value)
+            if value is ABSENT:
+                delattr(module, name)
+            else:
+                setattr(module, name, value)
 
 
 def _install(saved: dict) -> str:
@@ -61,7 +65,7 @@ def _install(saved: dict) -> str:
         return dispatch._LeanFlashVarlen.apply(query, key, value, cu_seq_q, max_q, tuple(window_size) == (-1, 0),
                                                scale, window_size[0], window_size[1])
 
-    saved.update({(dispatch, name): getattr(dispatch, name) for name in REPLACED})
+    saved.update({(dispatch, name): getattr(dispatch, name, ABSENT) for name in REPLACED})
     dispatch._TORCH_VARLEN_ATTN = varlen_attn
     dispatch._LEAN_VARLEN = True
     dispatch._varlen_can_use_cudnn = lambda *args, **kwargs: False

@@ -21,7 +21,7 @@ def test_packed_attention_stand_in_matches_unsloths_internals():
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     passed = [line for line in done.stdout.splitlines() if line.startswith("passed check_")]
-    assert len(passed) == 4 and "4 checks passed" in done.stdout, done.stdout
+    assert len(passed) == 5 and "5 checks passed" in done.stdout, done.stdout
 
 
 def test_trl_loss_kernel_is_still_where_the_cpu_patch_replaces_it():

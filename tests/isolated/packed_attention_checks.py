@@ -83,6 +83,21 @@ def check_stand_in_is_installed_and_calls_unsloths_flash_path(monkeypatch: Patch
     assert dispatch._varlen_can_use_cudnn is None
 
 
+def check_an_attribute_the_stand_in_adds_is_removed_on_exit(monkeypatch: Patch):
+    """Unsloth 2026.10.9 has no _varlen_can_use_cudnn: the stand-in adds it, and exit removes it again."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cuda, "is_flash_attention_available", lambda: True)
+    monkeypatch.setattr(dispatch, "_TORCH_VARLEN_ATTN", None)
+    monkeypatch.delenv("UNSLOTH_TORCH_VARLEN", raising=False)
+    had = hasattr(dispatch, "_varlen_can_use_cudnn")
+    if had:
+        monkeypatch.setattr(dispatch, "_varlen_can_use_cudnn", None)
+        delattr(dispatch, "_varlen_can_use_cudnn")
+    with packed_attention.applied():
+        assert dispatch._varlen_can_use_cudnn() is False
+    assert not hasattr(dispatch, "_varlen_can_use_cudnn")
+
+
 def check_unsloth_switch_keeps_per_example_attention(monkeypatch: Patch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(dispatch, "_TORCH_VARLEN_ATTN", None)

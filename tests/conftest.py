@@ -5,48 +5,29 @@ change params work on their own copy of it, so every DVC behaviour is checked ag
 """
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from alpaca_qlora.cli.offline_workspace import make_offline_workspace
+from tests.dvc_cli import command_env, dvc, stages_run  # noqa: F401  (stages_run: for the tests)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def cli_env() -> dict[str, str]:
-    """The environment DVC stage commands run in: this interpreter's venv first on PATH, no network."""
-    env = dict(os.environ)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env.update(DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled",
-               TOKENIZERS_PARALLELISM="false")
-    return env
+    """The environment DVC stage commands run in (tests/dvc_cli.py): this venv first on PATH, no network."""
+    return command_env()
 
 
 def run_dvc(workspace: Path, *args: str, check: bool = True, timeout: float = 900,
             env: dict[str, str | None] | None = None) -> str:
-    """Run `dvc <args>` in `workspace`; return stdout + stderr (asserting success when `check`).
+    """Run `dvc <args>` in `workspace`; return its output (asserting success when `check`).
 
     `env` adds variables to the CLI environment; a None value removes one.
     """
-    environment = cli_env()
-    for name, value in (env or {}).items():
-        environment.pop(name, None) if value is None else environment.__setitem__(name, value)
-    done = subprocess.run(["dvc", *args], cwd=workspace, env=environment, capture_output=True, text=True,
-                          timeout=timeout)
-    output = done.stdout + done.stderr
-    if check and done.returncode != 0:
-        raise AssertionError(f"dvc {' '.join(args)} failed ({done.returncode}) in {workspace}:\n{output}")
-    return output
-
-
-def stages_run(output: str) -> list[str]:
-    """Names of the stages that `dvc repro` / `dvc exp run` actually executed, in order."""
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+    return dvc(workspace, *args, check=check, timeout=timeout, env=env).output
 
 
 @pytest.fixture(scope="session")

@@ -6,15 +6,7 @@ import json
 from ruamel.yaml import YAML
 
 from tests.conftest import run_dvc, stages_run
-
-
-def lock_md5(workspace, path: str) -> str:
-    lock = YAML(typ="safe", pure=True).load((workspace / "dvc.lock").read_text())
-    for stage in lock["stages"].values():
-        for out in stage.get("outs", []):
-            if out["path"] == path:
-                return out["md5"]
-    raise AssertionError(f"{path} is not an output in dvc.lock")
+from tests.dvc_cli import lock_out_md5
 
 
 def test_second_repro_runs_nothing_and_status_is_clean(workspace_copy):
@@ -61,7 +53,7 @@ def test_same_params_give_same_data_hashes(reproduced_workspace, offline_workspa
     output = run_dvc(other, "repro", "format")
     assert stages_run(output) == ["sample", "format"]
     for path in ("data/sampled", "data/formatted"):
-        assert lock_md5(other, path) == lock_md5(reproduced_workspace, path), path
+        assert lock_out_md5(other, path) == lock_out_md5(reproduced_workspace, path), path
 
 
 def test_a_train_key_reruns_train_and_evaluate_into_an_experiment_listed_with_its_metrics(workspace_copy):

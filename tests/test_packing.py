@@ -1,7 +1,7 @@
 """Packing keeps examples apart: per-example loss of a packed batch equals each example's loss alone.
 
-Runs on a CPU with the offline profile, in a scratch copy of the repo made the way `make smoke` makes it,
-with the real `dvc repro` producing the formatted rows. The packed batch is the one TRL's SFTTrainer builds
+Runs on a CPU with the offline profile, on the formatted rows of the session's reproduced workspace (the
+real `dvc repro`); everything the check writes goes to a temporary folder. The packed batch is the one TRL's SFTTrainer builds
 for the train stage (bfd packing, padding-free collator, completion-only labels) and the model is loaded by
 the backend's `load_for_training` ("hf" backend: Unsloth turns packing off on a CPU, so "hf" is the
 backend that packs here). The check runs in a subprocess so that no Unsloth import elsewhere in the test
@@ -16,11 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from alpaca_qlora.cli.offline_workspace import make_offline_workspace
 from tests.conftest import cli_env
-
-REPO = Path(__file__).resolve().parent.parent
-
 
 def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     done = subprocess.run(command, cwd=cwd, env={**cli_env(), "PYTHONPATH": str(cwd)}, capture_output=True, text=True)
@@ -29,16 +25,14 @@ def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    """An offline-profile copy of the repo with data/formatted made by `dvc repro format`."""
-    root = make_offline_workspace(tmp_path_factory.mktemp("packing") / "ws", source=REPO)
-    run([sys.executable, "-m", "dvc", "repro", "format"], root)
-    return root
+def workspace(reproduced_workspace) -> Path:
+    """The offline profile's params.yaml and data/formatted, as `dvc repro` made them. Read only."""
+    return reproduced_workspace
 
 
 @pytest.fixture(scope="module")
-def check(workspace: Path) -> dict:
-    out = workspace / "build" / "packing_check.json"
+def check(workspace: Path, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("packing") / "packing_check.json"
     run([sys.executable, "-m", "benchmarks.packing_check", "--backend", "hf", "--rows", "24", "--max-examples", "8",
          "--out", str(out)], workspace)
     return json.loads(out.read_text())
@@ -69,9 +63,9 @@ def test_packing_without_separation_would_be_caught(check):
     assert check["summary"]["max_rel_diff_unseparated_vs_alone"] > 1e-2
 
 
-def test_benchmark_runs_on_cpu_with_the_tiny_model(workspace):
+def test_benchmark_runs_on_cpu_with_the_tiny_model(workspace, tmp_path):
     """benchmarks.train_step works end to end on a CPU (CI); its timings mean nothing here."""
-    out = workspace / "build" / "bench" / "train_step.json"
+    out = tmp_path / "train_step.json"
     done = run([sys.executable, "-m", "benchmarks.train_step", "--model", "offline:tiny-mistral", "--max-length", "256",
                 "--rows", "48", "--steps", "1", "--warmup", "0", "--modes", "full_row,padded_b2,packed",
                 "--out", str(out)], workspace)

@@ -6,91 +6,17 @@ offline-profile workspace and on the small stand-in project.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from alpaca_qlora.files import file_sha256
+from tests.dvc_cli import (DVC, Result, command_env, dvc, git, lock_out_md5, lock_outputs,  # noqa: F401  (re-exported)
+                           read_lock, run)
 
 #: Outputs the sharing tests rely on by name (the full list is read from each repo's dvc.lock).
 EXPECTED_OUTPUTS = ("data/sampled", "data/formatted", "models/adapter", "reports/metrics.json")
 ADAPTER = "models/adapter"
 ADAPTER_WEIGHTS = "models/adapter/adapter_model.safetensors"
-
-DVC = str(Path(sys.executable).with_name("dvc"))
-
-#: Environment for every git and dvc command: no usage analytics (they try the
-#: network), no prompts, a fixed git identity, no user-level config leaking in.
-BASE_ENV = {
-    "DVC_NO_ANALYTICS": "1",
-    "GIT_TERMINAL_PROMPT": "0",
-    "GIT_AUTHOR_NAME": "Remote Tests",
-    "GIT_AUTHOR_EMAIL": "remote-tests@example.invalid",
-    "GIT_COMMITTER_NAME": "Remote Tests",
-    "GIT_COMMITTER_EMAIL": "remote-tests@example.invalid",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    # DVC's tables wrap at the terminal width; keep each row on one line.
-    "COLUMNS": "1000",
-}
-
-
-def command_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    # Credentials must come from the remote's --local config in these tests, never
-    # from whatever the machine running them has.
-    for key in list(env):
-        if key.startswith("AWS_") and key != "AWS_CA_BUNDLE":
-            del env[key]
-    env.update(BASE_ENV)
-    # Stage commands say `python`: make it this interpreter, with the pipeline's packages.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.update(extra or {})
-    return env
-
-
-@dataclass
-class Result:
-    args: list[str]
-    returncode: int
-    output: str  # stdout and stderr together, in order
-    seconds: float
-
-    def __str__(self) -> str:
-        return (
-            f"$ {' '.join(self.args)}  (exit {self.returncode}, {self.seconds:.1f}s)\n{self.output}"
-        )
-
-
-def run(args: list[str], cwd: Path, *, timeout: float = 600, check: bool = True,
-        env: dict[str, str] | None = None, preexec_fn=None) -> Result:
-    """Run a command, return its exit code and merged output.
-
-    ``check`` raises with the whole output when the command fails, so a test
-    failure shows what the tool said.
-    """
-    start = time.monotonic()
-    proc = subprocess.run(
-        args, cwd=cwd, env=command_env(env), stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
-        preexec_fn=preexec_fn,
-    )
-    result = Result(list(args), proc.returncode, proc.stdout, time.monotonic() - start)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"command failed in {cwd}:\n{result}")
-    return result
-
-
-def dvc(repo: Path, *args: str, **kwargs) -> Result:
-    return run([DVC, *args], repo, **kwargs)
-
-
-def git(repo: Path, *args: str, **kwargs) -> Result:
-    return run(["git", *args], repo, **kwargs)
-
 
 sha256 = file_sha256
 
@@ -107,28 +33,6 @@ def digest_tree(repo: Path, rel: str) -> dict[str, str]:
         for path in sorted(root.rglob("*"))
         if path.is_file()
     }
-
-
-def _read_lock(repo: Path) -> dict:
-    from ruamel.yaml import YAML
-
-    return YAML(typ="safe", pure=True).load((Path(repo) / "dvc.lock").read_text())
-
-
-def lock_outputs(repo: Path) -> list[str]:
-    """Every output path recorded in ``repo``'s dvc.lock (the files DVC pushes and pulls)."""
-    lock = _read_lock(repo)
-    return sorted(out["path"] for stage in lock["stages"].values() for out in stage.get("outs", []))
-
-
-def lock_out_md5(repo: Path, rel: str) -> str:
-    """The md5 (``....dir`` for a directory) that ``repo``'s dvc.lock records for the output ``rel``."""
-    lock = _read_lock(repo)
-    for stage in lock["stages"].values():
-        for out in stage.get("outs", []):
-            if out["path"] == rel:
-                return out["md5"]
-    raise KeyError(f"{rel} is not an output in {repo}/dvc.lock")
 
 
 def digest_outputs(repo: Path) -> dict[str, str]:
@@ -192,7 +96,7 @@ def dir_manifest_entry(repo: Path, rel_file: str) -> str:
     """
     import json
 
-    lock = _read_lock(repo)
+    lock = read_lock(repo)
     outs = {
         out["path"]: out["md5"]
         for stage in lock["stages"].values()

@@ -5,7 +5,7 @@ import json
 
 from ruamel.yaml import YAML
 
-from tests.conftest import run_dvc, stages_run
+from tests.conftest import PIPELINE, run_dvc, stages_run
 
 
 def lock_md5(workspace, path: str) -> str:
@@ -35,9 +35,11 @@ def test_runtime_keys_rerun_nothing_and_are_kept_for_the_next_run(workspace_copy
     assert run_dvc(workspace_copy, "status").strip() == "Data and pipelines are up to date."
 
 
-def test_evaluate_key_reruns_evaluate_only(workspace_copy):
+def test_an_evaluate_key_reruns_both_evaluations_only(workspace_copy):
     output = run_dvc(workspace_copy, "exp", "run", "-S", "evaluate.max_new_tokens=8")
-    assert stages_run(output) == ["evaluate"]
+    assert stages_run(output) == ["evaluate_base", "evaluate"]
+    metrics = json.loads((workspace_copy / "reports/metrics.json").read_text())
+    assert metrics["base"]["mean_answer_tokens"] <= 8 and metrics["adapter"]["mean_answer_tokens"] <= 8
 
 
 def test_data_key_reruns_every_stage_with_the_users_own_file(workspace_copy, tmp_path):
@@ -50,7 +52,7 @@ def test_data_key_reruns_every_stage_with_the_users_own_file(workspace_copy, tmp
                     "--records", "400", "--seed", "11"], cwd=workspace_copy, check=True, capture_output=True)
     own.write_text(json.dumps([json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]))
     output = run_dvc(workspace_copy, "exp", "run", "-S", f"data.source={own}")
-    assert stages_run(output) == ["sample", "format", "train", "evaluate"]
+    assert stages_run(output) == PIPELINE
     stats = json.loads((workspace_copy / "data/sampled/stats.json").read_text())
     assert stats["source"] == str(own) and stats["source_records"] == 400 and stats["train_records"] == 160
 
@@ -64,15 +66,22 @@ def test_same_params_give_same_data_hashes(reproduced_workspace, offline_workspa
         assert lock_md5(other, path) == lock_md5(reproduced_workspace, path), path
 
 
-def test_a_train_key_reruns_train_and_evaluate_into_an_experiment_listed_with_its_metrics(workspace_copy):
+def test_a_train_key_reruns_train_and_evaluate_but_not_the_base_into_an_experiment_listed_with_its_metrics(
+        workspace_copy):
+    """The base model is evaluated once: its figures come from DVC's cache, byte for byte."""
+    base_before = lock_md5(workspace_copy, "reports/base")
+    metrics_before = json.loads((workspace_copy / "reports/metrics.json").read_text())
     output = run_dvc(workspace_copy, "exp", "run", "-n", "lr-1e-3", "-S", "train.learning_rate=1e-3")
     assert stages_run(output) == ["train", "evaluate"]
+    assert "Stage 'evaluate_base' didn't change, skipping" in output
+    assert lock_md5(workspace_copy, "reports/base") == base_before
     shown = json.loads(run_dvc(workspace_copy, "exp", "show", "--json"))
     experiments = {exp["name"]: exp for rev in shown for exp in (rev.get("experiments") or [])}
     assert "lr-1e-3" in experiments, shown
     data = experiments["lr-1e-3"]["revs"][0]["data"]
     assert data["params"]["params.yaml"]["data"]["train"]["learning_rate"] == 1e-3
     metrics = data["metrics"]["reports/metrics.json"]["data"]
-    assert metrics["eval_loss"] < metrics["base_eval_loss"]
+    assert metrics["base"] == metrics_before["base"] and metrics["adapter"] != metrics_before["adapter"]
+    assert metrics["adapter"]["eval_loss"] < metrics["base"]["eval_loss"]
     table = run_dvc(workspace_copy, "exp", "show", "--no-pager", "--md")
-    assert "lr-1e-3" in table and "eval_loss" in table
+    assert "lr-1e-3" in table and "adapter.rouge_l" in table and "adapter_minus_base.eos_stop_rate" in table

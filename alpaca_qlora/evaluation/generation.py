@@ -18,6 +18,7 @@ class Answer:
     text: str
     answer_tokens: int  # generated tokens before EOS; EOS itself not counted
     stopped_at_eos: bool  # EOS came within max_new_tokens
+    token_ids: tuple[int, ...] = ()  # the answer's tokens (EOS not included): paths compare on these
 
     @property
     def generated_tokens(self) -> int:
@@ -83,4 +84,4 @@ def decode_answer(tokenizer, new_token_ids: list[int]) -> Answer:
     stopped = eos in new_token_ids
     kept = new_token_ids[:new_token_ids.index(eos)] if stopped else new_token_ids
     return Answer(text=tokenizer.decode(kept, skip_special_tokens=True).strip(), answer_tokens=len(kept),
-                  stopped_at_eos=stopped)
+                  stopped_at_eos=stopped, token_ids=tuple(kept))

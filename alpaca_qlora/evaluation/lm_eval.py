@@ -16,16 +16,17 @@ from typing import Any
 
 
 def task_specs(tasks: list[str]) -> list[str | dict[str, Any]]:
-    """Names as they are; a path ending in .yaml/.yml loaded as a task config (lm-eval's own YAML loader)."""
+    """Names as they are; a path ending in .yaml/.yml loaded as a task config, with the loader lm-eval's own
+    command line uses for such paths (lm_eval.config.evaluate_config: `_yaml_loader.load_yaml`)."""
     specs = []
     for task in tasks:
         if task.endswith((".yaml", ".yml")):
             if not Path(task).is_file():
                 raise FileNotFoundError(f"evaluate.lm_eval_tasks: {task} not found (a task YAML path is read "
                                         "from the repository root)")
-            from lm_eval.utils import load_yaml_config
+            from lm_eval.tasks._yaml_loader import load_yaml
 
-            specs.append(load_yaml_config(str(Path(task).resolve())))
+            specs.append(load_yaml(Path(task).resolve(), resolve_func=True))
         else:
             specs.append(task)
     return specs
@@ -49,9 +50,10 @@ def lm_eval_scores(model, tokenizer, params: dict[str, Any]) -> dict[str, Any]:
                            f"{params['lm_eval_tasks']} (only the main process of a distributed run gets them)")
     scores = {}
     for task, values in sorted(found["results"].items()):
+        # Metrics are keyed "<metric>,<filter>" ("acc,none"); "alias" and "sample_len" are not metrics.
         scores[task] = {metric.split(",")[0]: round(float(value), 6) for metric, value in sorted(values.items())
-                        if isinstance(value, (int, float)) and not isinstance(value, bool)
-                        and "_stderr" not in metric}
+                        if "," in metric and "_stderr" not in metric and isinstance(value, (int, float))
+                        and not isinstance(value, bool)}
     return {"lm_eval": scores}
 
 

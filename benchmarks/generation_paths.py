@@ -11,7 +11,7 @@ static KV cache with torch.compile on the merged model, an attempt that failed b
 - import and model load seconds (base + adapter);
 - aggregate new tokens/s answering every held-out prompt through the stage's own generate_answers
   (length-sorted, left padding, evaluate.generation_batch_size, greedy, per-row EOS; a warm-up batch first),
-  and batch-1 single-stream tokens/s on the first `--single-stream` prompts;
+  and batch-1 single-stream tokens/s on the first `--single-stream` prompts (`--single-stream-tokens` each);
 - greedy agreement with the reference path (the first of --paths, unsloth by default: the 4-bit model
   training ran): the share of identical answers (token ids) and, where they differ, the first differing
   token's position.
@@ -32,7 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def measure_path(path: str, max_new_tokens: int | None, batch_size: int | None, single_stream: int) -> dict:
+def measure_path(path: str, max_new_tokens: int | None, batch_size: int | None, single_stream: int,
+                 single_stream_tokens: int) -> dict:
     """In this process (cwd = the workspace): load base + adapter through `path` and answer every held-out prompt."""
     started = time.perf_counter()
     from alpaca_qlora.files import read_jsonl
@@ -61,13 +62,14 @@ def measure_path(path: str, max_new_tokens: int | None, batch_size: int | None, 
     synchronize(torch)
     answers, speed = generate_answers(model, tokenizer, prompts, batch_size=batch_size, **generate)
     synchronize(torch)
-    singles = [generate_answers(model, tokenizer, [prompt], batch_size=1, **generate)[1]
+    singles = [generate_answers(model, tokenizer, [prompt], batch_size=1, max_new_tokens=single_stream_tokens)[1]
                for prompt in prompts[:single_stream]]
     single_tokens, single_seconds = sum(s.generated_tokens for s in singles), sum(s.seconds for s in singles)
     return {"path": path, "import_s": round(imported - started, 2), "load_s": round(loaded - imported, 2),
             "prompts": len(prompts), "max_new_tokens": max_new_tokens, "batch_size": batch_size,
             "batched": speed.as_dict(),
-            "single_stream": {"prompts": len(singles), "generated_tokens": single_tokens,
+            "single_stream": {"prompts": len(singles), "max_new_tokens": single_stream_tokens,
+                              "generated_tokens": single_tokens,
                               "new_tokens_per_s": round(single_tokens / single_seconds, 1) if singles else None},
             "eos_stop_rate": round(sum(a.stopped_at_eos for a in answers) / len(answers), 4),
             "answers": [list(answer.token_ids) for answer in answers],
@@ -131,11 +133,13 @@ def main() -> None:
     parser.add_argument("--stages", default="", help="paths to time the two evaluate stages with, e.g. unsloth,merged")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: evaluate.max_new_tokens")
     parser.add_argument("--batch-size", type=int, default=None, help="default: evaluate.generation_batch_size")
-    parser.add_argument("--single-stream", type=int, default=4, help="prompts answered one at a time")
+    parser.add_argument("--single-stream", type=int, default=2, help="prompts answered one at a time")
+    parser.add_argument("--single-stream-tokens", type=int, default=128, help="their max_new_tokens")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure this path in this process
     args = parser.parse_args()
     if args.one:
-        args.out.write_text(json.dumps(measure_path(args.one, args.max_new_tokens, args.batch_size, args.single_stream)))
+        args.out.write_text(json.dumps(measure_path(args.one, args.max_new_tokens, args.batch_size, args.single_stream,
+                                                    args.single_stream_tokens)))
         return
 
     workspace, logs = args.workspace.resolve(), args.out.resolve().parent
@@ -148,7 +152,7 @@ def main() -> None:
             f"--batch-size={args.batch_size}"] * bool(args.batch_size)
         rc, wall = run_child(workspace, ["-m", "benchmarks.generation_paths", "--workspace", str(workspace),
                                          "--out", str(part), "--one", path, "--single-stream", str(args.single_stream),
-                                         *extra], logs / f"generation-{path}.log")
+                                         "--single-stream-tokens", str(args.single_stream_tokens), *extra], logs / f"generation-{path}.log")
         if rc:
             results["paths"][path] = {"rc": rc, "wall_s": wall, "log": str(logs / f"generation-{path}.log")}
             print(f"{path}: failed (rc {rc}); see {logs / f'generation-{path}.log'}", flush=True)

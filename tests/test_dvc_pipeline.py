@@ -35,11 +35,30 @@ def test_runtime_keys_rerun_nothing_and_are_kept_for_the_next_run(workspace_copy
     assert run_dvc(workspace_copy, "status").strip() == "Data and pipelines are up to date."
 
 
-def test_an_evaluate_key_reruns_both_evaluations_only(workspace_copy):
-    output = run_dvc(workspace_copy, "exp", "run", "-S", "evaluate.max_new_tokens=8")
+def test_evaluate_keys_rerun_both_evaluations_only_and_lm_eval_scores_a_local_task(workspace_copy, monkeypatch):
+    """Shorter answers and a tiny local lm-evaluation-harness task (tests/lm_eval/, a JSONL file, offline):
+    both evaluate stages rerun, nothing else; metrics.json holds the task's accuracy for base and adapter,
+    equal to what lm-eval gives the adapter loaded here through the same inference path."""
+    task = "tests/lm_eval/tiny_capitals.yaml"
+    output = run_dvc(workspace_copy, "exp", "run", "-S", "evaluate.max_new_tokens=8",
+                     "-S", f"evaluate.lm_eval_tasks=[{task}]")
     assert stages_run(output) == ["evaluate_base", "evaluate"]
     metrics = json.loads((workspace_copy / "reports/metrics.json").read_text())
     assert metrics["base"]["mean_answer_tokens"] <= 8 and metrics["adapter"]["mean_answer_tokens"] <= 8
+    base, adapter = metrics["base"]["lm_eval"]["tiny_capitals"], metrics["adapter"]["lm_eval"]["tiny_capitals"]
+    assert set(base) == set(adapter) == {"acc"} and adapter["acc"] * 8 == round(adapter["acc"] * 8), "8 questions"
+    assert metrics["adapter_minus_base"]["lm_eval"]["tiny_capitals"]["acc"] == round(adapter["acc"] - base["acc"], 6)
+
+    from pathlib import Path
+
+    from alpaca_qlora.evaluation.lm_eval import lm_eval_scores
+    from alpaca_qlora.modeling import inference
+    from alpaca_qlora.params import load_section
+
+    monkeypatch.chdir(workspace_copy)
+    model, tokenizer = inference.load("merged", load_section("model"), Path("models/adapter"))
+    params = load_section("evaluate")
+    assert lm_eval_scores(model, tokenizer, params) == {"lm_eval": {"tiny_capitals": adapter}}
 
 
 def test_data_key_reruns_every_stage_with_the_users_own_file(workspace_copy, tmp_path):

@@ -85,3 +85,29 @@ def test_metrics_are_declared_at_the_top_level_for_dvc(reproduced_workspace):
     metrics = files["reports/metrics.json"]["data"]
     assert metrics["adapter"]["rouge_l"] > metrics["base"]["rouge_l"]
     assert files["reports/train/metrics.json"]["data"]["step"] == 100
+
+
+def test_one_inference_rule_for_both_stages_and_the_generate_command():
+    from alpaca_qlora.modeling import inference
+    from alpaca_qlora.params import CHOICES
+
+    assert inference.CHOICES == CHOICES[("evaluate", "backend")] and inference.PATHS == ("unsloth", "hf", "merged")
+    assert inference.resolve("auto", cuda_available=True) == "unsloth"
+    assert inference.resolve("auto", cuda_available=False) == "merged"
+    assert inference.resolve("hf", cuda_available=True) == "hf"
+    with pytest.raises(ValueError, match="must be one of auto, unsloth, hf, merged, got 'vllm'"):
+        inference.resolve("vllm")
+
+
+def test_the_adapter_stage_refuses_base_results_computed_with_another_setup(evaluated, tmp_path):
+    """reports/base/ made for another held-out set, model or path is never put beside the adapter's figures."""
+    from alpaca_qlora.evaluation.results import EvaluationMismatch, read_base
+
+    workspace = evaluated[0]
+    found = json.loads((workspace / "reports/base/result.json").read_text())
+    setup = dict(found["setup"])
+    assert read_base(workspace / "reports/base", setup).figures == found["figures"]
+    with pytest.raises(EvaluationMismatch, match="other inference_path than the adapter's evaluation"):
+        read_base(workspace / "reports/base", {**setup, "inference_path": "hf"})
+    with pytest.raises(EvaluationMismatch, match="not found: run the base model's evaluation first"):
+        read_base(tmp_path, setup)

@@ -42,6 +42,9 @@ def log_generations(metrics: dict[str, Any], records: list[dict[str, Any]], runt
     mode = resolve_wandb_mode(runtime_params["wandb_mode"])
     if mode == "disabled":
         return mode
+    # In the environment, not only in init(): wandb's process-wide settings (its telemetry among them) read
+    # WANDB_MODE, and an "offline" given to init() alone still lets them try the server.
+    os.environ["WANDB_MODE"] = mode
     os.environ.setdefault("WANDB_PROJECT", runtime_params["wandb_project"])
     os.environ.setdefault("WANDB_INIT_TIMEOUT", "30")
     import wandb

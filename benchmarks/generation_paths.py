@@ -11,7 +11,8 @@ static KV cache with torch.compile on the merged model, an attempt that failed b
 - import and model load seconds (base + adapter);
 - aggregate new tokens/s answering every held-out prompt through the stage's own generate_answers
   (length-sorted, left padding, evaluate.generation_batch_size, greedy, per-row EOS; a warm-up batch first),
-  and batch-1 single-stream tokens/s on the first `--single-stream` prompts (`--single-stream-tokens` each);
+  the same at each batch size of `--sweep`, and batch-1 single-stream tokens/s on the first `--single-stream`
+  prompts (`--single-stream-tokens` each);
 - greedy agreement with the reference path (the first of --paths, unsloth by default: the 4-bit model
   training ran): the share of identical answers (token ids) and, where they differ, the first differing
   token's position.
@@ -33,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def measure_path(path: str, max_new_tokens: int | None, batch_size: int | None, single_stream: int,
-                 single_stream_tokens: int) -> dict:
+                 single_stream_tokens: int, sweep: list[int]) -> dict:
     """In this process (cwd = the workspace): load base + adapter through `path` and answer every held-out prompt."""
     started = time.perf_counter()
     from alpaca_qlora.files import read_jsonl
@@ -62,12 +63,14 @@ def measure_path(path: str, max_new_tokens: int | None, batch_size: int | None, 
     synchronize(torch)
     answers, speed = generate_answers(model, tokenizer, prompts, batch_size=batch_size, **generate)
     synchronize(torch)
+    swept = {size: generate_answers(model, tokenizer, prompts, batch_size=size, **generate)[1].as_dict()
+             for size in sweep}
     singles = [generate_answers(model, tokenizer, [prompt], batch_size=1, max_new_tokens=single_stream_tokens)[1]
                for prompt in prompts[:single_stream]]
     single_tokens, single_seconds = sum(s.generated_tokens for s in singles), sum(s.seconds for s in singles)
     return {"path": path, "import_s": round(imported - started, 2), "load_s": round(loaded - imported, 2),
             "prompts": len(prompts), "max_new_tokens": max_new_tokens, "batch_size": batch_size,
-            "batched": speed.as_dict(),
+            "batched": speed.as_dict(), "batch_sweep": swept,
             "single_stream": {"prompts": len(singles), "max_new_tokens": single_stream_tokens,
                               "generated_tokens": single_tokens,
                               "new_tokens_per_s": round(single_tokens / single_seconds, 1) if singles else None},
@@ -135,11 +138,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: evaluate.generation_batch_size")
     parser.add_argument("--single-stream", type=int, default=2, help="prompts answered one at a time")
     parser.add_argument("--single-stream-tokens", type=int, default=128, help="their max_new_tokens")
+    parser.add_argument("--sweep", default="", help="more generation batch sizes to time, e.g. 32,100,128")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure this path in this process
     args = parser.parse_args()
     if args.one:
         args.out.write_text(json.dumps(measure_path(args.one, args.max_new_tokens, args.batch_size, args.single_stream,
-                                                    args.single_stream_tokens)))
+                                                    args.single_stream_tokens,
+                                                    [int(size) for size in args.sweep.split(",") if size])))
         return
 
     workspace, logs = args.workspace.resolve(), args.out.resolve().parent
@@ -150,9 +155,11 @@ def main() -> None:
         part = logs / f"generation-{path}.json"
         extra = [f"--max-new-tokens={args.max_new_tokens}"] * bool(args.max_new_tokens) + [
             f"--batch-size={args.batch_size}"] * bool(args.batch_size)
-        rc, wall = run_child(workspace, ["-m", "benchmarks.generation_paths", "--workspace", str(workspace),
+        # This file, not the workspace's copy of it; the package it measures is the workspace's (PYTHONPATH).
+        rc, wall = run_child(workspace, [str(Path(__file__).resolve()), "--workspace", str(workspace),
                                          "--out", str(part), "--one", path, "--single-stream", str(args.single_stream),
-                                         "--single-stream-tokens", str(args.single_stream_tokens), *extra], logs / f"generation-{path}.log")
+                                         "--single-stream-tokens", str(args.single_stream_tokens),
+                                         "--sweep", args.sweep, *extra], logs / f"generation-{path}.log")
         if rc:
             results["paths"][path] = {"rc": rc, "wall_s": wall, "log": str(logs / f"generation-{path}.log")}
             print(f"{path}: failed (rc {rc}); see {logs / f'generation-{path}.log'}", flush=True)
@@ -164,7 +171,8 @@ def main() -> None:
         results["paths"][path]["agreement_with_" + reference] = agreement(answers[reference], answers[path])
         print(f"{path}: import {measured['import_s']}s, load {measured['load_s']}s; {measured['prompts']} prompts "
               f"at batch {measured['batch_size']}: {measured['batched']['new_tokens_per_s']} new tokens/s "
-              f"({measured['batched']['generation_s']}s); batch 1: {measured['single_stream']['new_tokens_per_s']} "
+              f"({measured['batched']['generation_s']}s); other batch sizes: "
+              f"{ {size: found['new_tokens_per_s'] for size, found in measured['batch_sweep'].items()} }; batch 1: {measured['single_stream']['new_tokens_per_s']} "
               f"tokens/s; identical to {reference}: {results['paths'][path]['agreement_with_' + reference]['identical_share']}",
               flush=True)
     for path in [p for p in args.stages.split(",") if p]:

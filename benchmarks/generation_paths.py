@@ -43,7 +43,8 @@ def measure_path(path: str, max_new_tokens: int | None, batch_size: int | None, 
     from alpaca_qlora.params import load_section
 
     params = load_section("evaluate")
-    max_new_tokens, batch_size = max_new_tokens or params["max_new_tokens"], batch_size or params["generation_batch_size"]
+    max_new_tokens = max_new_tokens or params["max_new_tokens"]
+    batch_size = batch_size or params["generation_batch_size"]
     loader = "merged" if path == "merged-static" else path
     inference.import_libraries(loader)
     import torch
@@ -96,7 +97,8 @@ def agreement(reference: list[list[int]], other: list[list[int]]) -> dict:
 
 
 def run_child(workspace: Path, arguments: list[str], log: Path) -> tuple[int, float]:
-    environment = {**os.environ, "PYTHONPATH": f"{workspace}{os.pathsep}{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    path = os.pathsep.join([str(workspace), str(REPO), os.environ.get("PYTHONPATH", "")])
+    environment = {**os.environ, "PYTHONPATH": path}
     started = time.perf_counter()
     with open(log, "w", encoding="utf-8") as handle:
         done = subprocess.run([sys.executable, *arguments], cwd=workspace, env=environment, stdout=handle,
@@ -169,12 +171,12 @@ def main() -> None:
         results["paths"][path] = {**measured, "process_wall_s": wall}
         reference = next(iter(answers))
         results["paths"][path]["agreement_with_" + reference] = agreement(answers[reference], answers[path])
+        swept = {size: found["new_tokens_per_s"] for size, found in measured["batch_sweep"].items()}
+        same = results["paths"][path]["agreement_with_" + reference]["identical_share"]
         print(f"{path}: import {measured['import_s']}s, load {measured['load_s']}s; {measured['prompts']} prompts "
               f"at batch {measured['batch_size']}: {measured['batched']['new_tokens_per_s']} new tokens/s "
-              f"({measured['batched']['generation_s']}s); other batch sizes: "
-              f"{ {size: found['new_tokens_per_s'] for size, found in measured['batch_sweep'].items()} }; batch 1: {measured['single_stream']['new_tokens_per_s']} "
-              f"tokens/s; identical to {reference}: {results['paths'][path]['agreement_with_' + reference]['identical_share']}",
-              flush=True)
+              f"({measured['batched']['generation_s']}s); other batch sizes: {swept}; batch 1: "
+              f"{measured['single_stream']['new_tokens_per_s']} tokens/s; identical to {reference}: {same}", flush=True)
     for path in [p for p in args.stages.split(",") if p]:
         results["stages"][path] = time_stages(workspace, path, logs)
         print(f"stages via {path}: " + json.dumps({stage: {k: v for k, v in found.items() if k != 'split'}

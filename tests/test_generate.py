@@ -118,5 +118,6 @@ def test_interactive_mode_answers_each_stdin_line(reproduced_workspace, loaded, 
     assert [line.strip() for line in done.stdout.splitlines()] == expected
     ends = [line for line in done.stderr.splitlines() if line.startswith("[") and " tokens/s, stopped at " in line]
     assert len(ends) == 2, done.stderr
-    (loaded_line,) = [line for line in done.stderr.splitlines() if line.startswith("[loaded models/adapter on merged in ")]
+    (loaded_line,) = [line for line in done.stderr.splitlines()
+                      if line.startswith("[loaded models/adapter on merged in ")]
     assert float(loaded_line.split(" in ")[1].rstrip("s]")) > 0

@@ -68,7 +68,8 @@ def test_an_answer_is_cut_at_its_first_eos_and_keeps_pad_ids_the_model_generated
     eos, pad = 2, 0  # Mistral: </s> = 2, padding with <unk> = 0
     tokenizer = SimpleNamespace(eos_token_id=eos, decode=lambda ids, skip_special_tokens: " " + " ".join(map(str, ids)))
     stopped = decode_answer(tokenizer, [5, 6, eos, pad, pad])  # a row that finished early, then padding
-    assert (stopped.text, stopped.answer_tokens, stopped.stopped_at_eos, stopped.generated_tokens) == ("5 6", 2, True, 3)
+    assert (stopped.text, stopped.answer_tokens, stopped.stopped_at_eos, stopped.generated_tokens) == (
+        "5 6", 2, True, 3)
     cut = decode_answer(tokenizer, [5, pad, 6])  # no EOS within max_new_tokens; <unk> generated, kept
     assert (cut.text, cut.answer_tokens, cut.stopped_at_eos, cut.generated_tokens) == ("5 0 6", 3, False, 3)
     immediate = decode_answer(tokenizer, [eos, pad])

@@ -51,7 +51,8 @@ def stream_answer(model, tokenizer, prompt: str, *, max_new_tokens: int, on_text
 
 
 def load_adapter_for_inference(adapter_dir: Path, backend_name: str = "auto"):
-    """(model, tokenizer, render, path) for a trained adapter folder: its base model, the inference path, its template."""
+    """(model, tokenizer, render, path) of a trained adapter folder: its base model, the inference path used,
+    and its template."""
     metadata = AdapterMetadata.read(adapter_dir)
     path = inference.resolve(backend_name)
     model, tokenizer = inference.load(path, metadata.model_params, adapter_dir)
@@ -65,7 +66,8 @@ def main() -> None:
     parser.add_argument("--input", default="", help="the record's input (context); empty by default")
     parser.add_argument("--interactive", action="store_true", help="read one instruction per stdin line")
     parser.add_argument("--backend", choices=inference.CHOICES, default="auto",
-                        help="auto (default): unsloth on a GPU, merged on a CPU; see alpaca_qlora/modeling/inference.py")
+                        help="auto (default): unsloth on a GPU, merged on a CPU "
+                             "(alpaca_qlora/modeling/inference.py)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy decoding")
     parser.add_argument("--top-p", type=float, default=1.0)

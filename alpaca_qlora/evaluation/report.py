@@ -20,7 +20,8 @@ def write_generations_report(path: Path, metrics: dict[str, Any], records: list[
              "data/formatted/eval.jsonl. Every answer and score: reports/generations.jsonl.\n",
              figures_table(("base", "adapter", "adapter − base"),
                            [metrics["base"], metrics["adapter"], metrics["adapter_minus_base"]]),
-             tally(records, lambda r: r["base"]["rouge_l"], lambda r: r["adapter"]["rouge_l"], "the adapter", "the base"),
+             tally(records, lambda r: r["base"]["rouge_l"], lambda r: r["adapter"]["rouge_l"], "the adapter",
+                   "the base"),
              f"## The {min(shown, len(records))} rows where base and adapter differ most\n",
              "Largest |ROUGE-L adapter − base| first.\n"]
     for record in most_different(records, lambda r: r["base"]["rouge_l"], lambda r: r["adapter"]["rouge_l"])[:shown]:

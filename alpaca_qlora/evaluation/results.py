@@ -57,7 +57,7 @@ def read_base(base_dir: Path, expected_setup: dict) -> ModelResult:
         raise EvaluationMismatch(
             f"{path} was computed with other {', '.join(differing)} than the adapter's evaluation "
             f"(base: {[found['setup'].get(key) for key in differing]}, now: {[expected_setup[k] for k in differing]}); "
-            "rerun it: dvc repro evaluate_base")
+            "rerun it (on this machine, if evaluate.backend is auto): dvc repro --force evaluate_base")
     return ModelResult(figures=found["figures"], records=read_jsonl(Path(base_dir) / ANSWERS),
                        response_tokens=found["response_tokens"], timing=read_json(Path(base_dir) / TIMING))
 

@@ -5,9 +5,11 @@
     provenance.py  what a run records about itself: library versions, device, git revision, peak memory
     data/          the Alpaca rules: reading and checking records, the seeded split, template, formatting
     modeling/      the base model and the adapter: the backends (unsloth, hf), tokenizer, offline models,
-                   checks before loading, the adapter folder and its metadata.json
+                   checks before loading, the adapter folder and its metadata.json, the inference rule
     training/      the training run: SFTTrainer set-up, checkpoints and resume, data parallelism, tracking
-    evaluation/    held-out loss and generation
+    evaluation/    judging a model on the held-out rows: loss, batched generation, scores (ROUGE-L, exact
+                   match, length, EOS-stop rate), the report files, W&B table, optional lm-eval
     patches/       the changes made to other libraries, each applied by one call that says what it did
-    cli/           the user's commands: generate, merge, gguf_export, plots_page, offline_workspace
+    cli/           the user's commands: generate, merge, gguf_export, plots_page, offline_workspace,
+                   compare_generations
 """

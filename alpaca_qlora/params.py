@@ -29,7 +29,8 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     # How the train stage runs and reports, never what it learns: no stage declares this section in dvc.yaml.
     "runtime": {"launcher": (str,), "logging_steps": (int,), "save_steps": (int,), "wandb_mode": (str,),
                 "wandb_project": (str,)},
-    "evaluate": {"batch_size": (int,), "num_generations": (int,), "max_new_tokens": (int,)},
+    "evaluate": {"backend": (str,), "batch_size": (int,), "generation_batch_size": (int,), "max_new_tokens": (int,),
+                 "lm_eval_tasks": (list,), "lm_eval_limit": (int,)},
 }
 
 CHOICES = {
@@ -37,6 +38,8 @@ CHOICES = {
     ("train", "backend"): ("unsloth", "hf"),
     ("runtime", "wandb_mode"): ("disabled", "offline", "online"),
     ("runtime", "launcher"): ("torchrun", "accelerate"),
+    # The inference paths of alpaca_qlora/modeling/inference.py, which says what each one is.
+    ("evaluate", "backend"): ("auto", "unsloth", "hf", "merged"),
 }
 
 
@@ -60,6 +63,12 @@ BOUNDS = {
     ("train", "num_processes"): (lambda v: v >= 1, "at least 1"),
     ("runtime", "logging_steps"): (lambda v: v >= 1, "at least 1"),
     ("runtime", "save_steps"): (lambda v: v >= 0, "0 (no checkpoints) or a positive number of steps"),
+    ("evaluate", "batch_size"): (lambda v: v >= 1, "at least 1"),
+    ("evaluate", "generation_batch_size"): (lambda v: v >= 1, "at least 1"),
+    ("evaluate", "max_new_tokens"): (lambda v: v >= 1, "at least 1"),
+    ("evaluate", "lm_eval_tasks"): (lambda v: all(isinstance(t, str) and t for t in v),
+                                    "a list of lm-eval task names or task YAML paths ([] = off)"),
+    ("evaluate", "lm_eval_limit"): (lambda v: v >= 0, "0 (every example) or a positive number per task"),
 }
 
 

@@ -4,15 +4,20 @@
 #   bash benchmarks/gpu_session.sh bench checks   # train-step benchmark; packing checks on the GPU
 #   bash benchmarks/gpu_session.sh job pair       # the whole seed job, stage by stage; packed vs unpacked curves
 #   bash benchmarks/gpu_session.sh ddp            # 2 GPUs: train stage with 1 and 2 DDP processes, per backend
+#   bash benchmarks/gpu_session.sh genpaths       # each inference path on the held-out set: speed, load, agreement
+#   bash benchmarks/gpu_session.sh genstages      # evaluate_base + evaluate as dvc.yaml runs them, per path, timed
 # Phases: bench (benchmarks.train_step, backends from $BENCH_BACKENDS), checks (benchmarks.packing_check:
 # Unsloth and hf on the 7B geometry, Unsloth on the tiny model), job (sample, format, train, evaluate with
 # profiles/gpu-benchmark.yaml), pair (20 optimizer steps packed and unpacked from the same seed, and the plot).
 # ddp (benchmarks.ddp_scaling: the train stage with train.num_processes 1 and 2 for $DDP_BACKENDS; $DDP_ARGS
-# adds arguments, e.g. --steps unsloth=10,hf=6).
+# adds arguments, e.g. --steps unsloth=10,hf=6). genpaths / genstages (benchmarks.generation_paths) first make
+# /tmp/gpu-job/gen: sample, format and a $GEN_STEPS-step train stage (the adapter's quality does not matter
+# for speed); $GEN_PATHS (default unsloth,hf,merged; the first is the agreement reference), $GEN_STAGES
+# (default unsloth,merged) and $GEN_ARGS (e.g. --single-stream 2) choose what runs.
 # Results go to $OUT (default build/gpu-out): one .tgz plus the log.
 # MODEL / PRESETS / JOB_SET / BENCH_ARGS override the model and profile for a CPU dry run with offline:tiny-mistral.
 set -uo pipefail
-[ $# -gt 0 ] || { echo "usage: gpu_session.sh bench|checks|job|pair|ddp ..."; exit 2; }
+[ $# -gt 0 ] || { echo "usage: gpu_session.sh bench|checks|job|pair|ddp|genpaths|genstages ..."; exit 2; }
 OUT=${OUT:-build/gpu-out}
 MODEL=${MODEL:-build/offline-models/mistral-7b-geometry-seed0-bnb4}
 PRESETS=${PRESETS:-mistral-7b-geometry,tiny-mistral}
@@ -21,6 +26,10 @@ BENCH_ARGS=${BENCH_ARGS:-}
 BENCH_BACKENDS=${BENCH_BACKENDS:-unsloth,hf}
 DDP_BACKENDS=${DDP_BACKENDS:-unsloth,hf}
 DDP_ARGS=${DDP_ARGS:-}
+GEN_STEPS=${GEN_STEPS:-20}
+GEN_PATHS=${GEN_PATHS:-unsloth,hf,merged}
+GEN_STAGES=${GEN_STAGES:-unsloth,merged}
+GEN_ARGS=${GEN_ARGS:-}
 name=$(IFS=-; echo "$*")
 results=build/gpu-results/$name
 mkdir -p "$OUT" "$results"
@@ -65,6 +74,18 @@ for phase in "$@"; do
     step python3 -m benchmarks.ddp_scaling --out "$results/ddp_scaling.json" --backends "$DDP_BACKENDS" \
       "${set_args[@]}" $DDP_ARGS
     cp "$results/ddp_scaling.json" "$OUT/" 2>/dev/null ;;
+  genpaths|genstages)
+    [ -f /tmp/gpu-job/gen/models/adapter/metadata.json ] || step python3 -m benchmarks.gpu_job run \
+      --out "$results/gen-train" --workspace /tmp/gpu-job/gen --stages sample,format,train "${set_args[@]}" \
+      --set train.max_steps=$GEN_STEPS
+    if [ "$phase" = genpaths ]; then
+      step python3 -m benchmarks.generation_paths --workspace /tmp/gpu-job/gen --paths "$GEN_PATHS" \
+        --out "$results/generation_paths.json" $GEN_ARGS
+    else
+      step python3 -m benchmarks.generation_paths --workspace /tmp/gpu-job/gen --paths "" --stages "$GEN_STAGES" \
+        --out "$results/generation_stages.json" $GEN_ARGS
+    fi
+    cp "$results"/generation_*.json "$OUT/" 2>/dev/null ;;
   *) echo "unknown phase $phase" ;;
   esac
 done

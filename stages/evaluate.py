@@ -1,9 +1,12 @@
-"""Stage `evaluate`: held-out loss and perplexity of the base model and of base + adapter, and generations.
+"""Stage `evaluate`: the adapter on the held-out set, beside the base model's figures from reports/base/.
 
-Reads params `evaluate.*`; the base model and backend are those the adapter's metadata.json records. Writes reports/metrics.json (declared as DVC
-metrics, so `dvc metrics diff` and `dvc exp show` compare runs), reports/plots/eval.json (the same loss and
-perplexity, one row per model, declared as plots for `dvc plots diff`) and reports/generations.md (greedy
-generations of the first held-out prompts, each beside its reference output, for base and fine-tuned).
+Reads params `evaluate.*`; the base model is the one the adapter's metadata.json records, and the
+inference path is evaluate.backend's (alpaca_qlora/modeling/inference.py), the same as the base stage's;
+reports/base/ is refused unless it was computed with exactly that base model, path and held-out set.
+Writes reports/metrics.json (base, adapter and adapter_minus_base: held-out loss, perplexity, ROUGE-L,
+exact match, answer length, EOS-stop rate; `dvc exp show` and `dvc metrics diff` compare runs with it),
+reports/plots/eval.json, reports/generations.jsonl (every held-out row, both answers, their scores),
+reports/generations.md (where base and adapter differ most) and reports/timing.json.
 """
 from __future__ import annotations
 
@@ -11,69 +14,45 @@ import argparse
 import time
 from pathlib import Path
 
-from alpaca_qlora.files import atomic_write_bytes, read_jsonl, write_json
-from alpaca_qlora.modeling import backends
+from alpaca_qlora.evaluation import report, results, tracking
+from alpaca_qlora.evaluation.scores import reference_text
+from alpaca_qlora.files import read_jsonl
+from alpaca_qlora.modeling import inference
 from alpaca_qlora.modeling.adapter import AdapterMetadata
 from alpaca_qlora.params import load_section
 
 
 def main() -> None:
+    started = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--formatted", type=Path, default=Path("data/formatted"))
+    parser.add_argument("--eval", type=Path, default=Path("data/formatted/eval.jsonl"))
     parser.add_argument("--adapter", type=Path, default=Path("models/adapter"))
+    parser.add_argument("--base", type=Path, default=Path("reports/base"))
     parser.add_argument("--out", type=Path, default=Path("reports"))
     args = parser.parse_args()
-    params, adapter = load_section("evaluate"), AdapterMetadata.read(args.adapter)
-    model_params = adapter.model_params
-    backend = backends.get(adapter.backend)  # imports Unsloth before transformers
-    from alpaca_qlora.evaluation.generation import greedy_generations
-    from alpaca_qlora.evaluation.loss import heldout_loss
+    params, model_params = load_section("evaluate"), AdapterMetadata.read(args.adapter).model_params
+    path = inference.resolve(params["backend"])
+    base = results.read_base(args.base, results.setup(model_params, params, path, args.eval))
+    inference.import_libraries(path)  # Unsloth first on its path
+    from alpaca_qlora.evaluation.heldout import describe, judge
+    from alpaca_qlora.evaluation.lm_eval import lm_eval_scores
 
-    rows = read_jsonl(args.formatted / "eval.jsonl")
-    shown = rows[:params["num_generations"]]
-    prompts = [row["prompt"] for row in shown]
-    generate = dict(max_new_tokens=params["max_new_tokens"], batch_size=params["batch_size"])
-
-    started = time.perf_counter()
-    model, tokenizer = backend.load_for_inference(model_params)
-    base = heldout_loss(model, rows, batch_size=params["batch_size"], pad_token_id=tokenizer.pad_token_id)
-    base_texts, _ = greedy_generations(model, tokenizer, prompts, **generate)
-    model = backend.attach_adapter(model, args.adapter)
-    tuned = heldout_loss(model, rows, batch_size=params["batch_size"], pad_token_id=tokenizer.pad_token_id)
-    tuned_texts, speed = greedy_generations(model, tokenizer, prompts, **generate)
-
-    write_json(args.out / "metrics.json", {
-        "eval_loss": tuned["loss"], "eval_perplexity": tuned["perplexity"],
-        "base_eval_loss": base["loss"], "base_eval_perplexity": base["perplexity"],
-        "eval_loss_reduction": round(base["loss"] - tuned["loss"], 6),
-        "eval_rows": len(rows), "eval_response_tokens": tuned["tokens"],
-        "generation_prompts_per_s": speed["prompts_per_s"],
-        "generation_new_tokens_per_s": speed["new_tokens_per_s"],
-    })
-    # One row per model, so `dvc plots diff` draws base vs adapter as bars, one bar per experiment.
-    write_json(args.out / "plots" / "eval.json", [
-        {"model": "base", "loss": base["loss"], "perplexity": base["perplexity"]},
-        {"model": "adapter", "loss": tuned["loss"], "perplexity": tuned["perplexity"]},
-    ])
-    write_generations_report(args.out / "generations.md", shown, base_texts, tuned_texts, model_params["name"])
-    print(f"evaluate: held-out loss {base['loss']:.4f} (base) -> {tuned['loss']:.4f} (adapter), "
-          f"perplexity {base['perplexity']:.2f} -> {tuned['perplexity']:.2f}; {speed['prompts_per_s']:.2f} "
-          f"prompts/s; {time.perf_counter() - started:.1f}s")
-
-
-def write_generations_report(path: Path, rows, base_texts, tuned_texts, model_name: str) -> None:
-    lines = ["# Greedy generations on held-out prompts\n",
-             f"Base model `{model_name}`; the first {len(rows)} rows of data/formatted/eval.jsonl.\n"]
-    for row, base_text, tuned_text in zip(rows, base_texts, tuned_texts):
-        reference = row["completion"]
-        lines += [f"## Record {row['id']}\n", "**Prompt**\n", fenced(row["prompt"]),
-                  "**Reference**\n", fenced(reference), "**Fine-tuned (base + adapter)**\n", fenced(tuned_text),
-                  "**Base model**\n", fenced(base_text)]
-    atomic_write_bytes(path, "\n".join(lines).encode("utf-8"))
-
-
-def fenced(text: str) -> str:
-    return "````text\n" + text + "\n````\n"
+    imported = time.perf_counter()
+    model, tokenizer = inference.load(path, model_params, args.adapter)
+    loaded = time.perf_counter()
+    rows = read_jsonl(args.eval)
+    adapter = judge(model, tokenizer, rows, params)
+    adapter.figures.update(lm_eval_scores(model, tokenizer, params))
+    adapter.timing.update(import_s=round(imported - started, 3), load_s=round(loaded - imported, 3),
+                          total_s=round(time.perf_counter() - started, 3))
+    records = results.generation_records(rows, [reference_text(row, tokenizer.eos_token) for row in rows],
+                                         base, adapter)
+    metrics = results.write_adapter_reports(args.out, base, adapter, records)
+    report.write_generations_report(args.out / "generations.md", metrics, records, model_params["name"], path)
+    tracking.log_generations(metrics, records, load_section("runtime"))
+    print(f"evaluate: base {describe(base)}")
+    print(f"evaluate: adapter via {path}: {describe(adapter)}; load {adapter.timing['load_s']:.1f}s, "
+          f"stage {adapter.timing['total_s']:.1f}s after start-up")
 
 
 if __name__ == "__main__":

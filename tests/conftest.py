@@ -30,6 +30,10 @@ def run_dvc(workspace: Path, *args: str, check: bool = True, timeout: float = 90
     return dvc(workspace, *args, check=check, timeout=timeout, env=env).output
 
 
+# The order `dvc repro` runs the stages in (dvc.yaml's order where the graph leaves a choice).
+PIPELINE = ["sample", "format", "train", "evaluate_base", "evaluate"]
+
+
 @pytest.fixture(scope="session")
 def offline_workspace_factory(tmp_path_factory):
     """Make a fresh offline-profile workspace: factory(*overrides) -> Path (nothing run yet)."""
@@ -43,7 +47,7 @@ def reproduced_workspace(offline_workspace_factory) -> Path:
     """A workspace in which `dvc repro` has run the whole pipeline once. Treat as read-only."""
     workspace = offline_workspace_factory()
     output = run_dvc(workspace, "repro")
-    assert stages_run(output) == ["sample", "format", "train", "evaluate"], output
+    assert stages_run(output) == PIPELINE, output
     return workspace
 
 

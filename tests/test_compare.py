@@ -12,13 +12,16 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
 from alpaca_qlora.cli.plots_page import write_offline_template
-from tests.conftest import run_dvc
+from tests.conftest import cli_env, run_dvc
 
-PLOT_TITLES = ("Training loss", "Held-out loss, base vs adapter", "Held-out perplexity, base vs adapter")
+PLOT_TITLES = ("Training loss", "Held-out loss, base vs adapter", "Held-out perplexity, base vs adapter",
+               "ROUGE-L F1 against the reference, base vs adapter",
+               "Share of answers that stop at EOS, base vs adapter")
 
 
 def chromium() -> str:
@@ -33,29 +36,30 @@ def chromium() -> str:
 def test_evaluate_writes_base_vs_adapter_rows_matching_the_metrics(reproduced_workspace):
     rows = json.loads((reproduced_workspace / "reports/plots/eval.json").read_text())
     metrics = json.loads((reproduced_workspace / "reports/metrics.json").read_text())
-    assert rows == [
-        {"model": "base", "loss": metrics["base_eval_loss"], "perplexity": metrics["base_eval_perplexity"]},
-        {"model": "adapter", "loss": metrics["eval_loss"], "perplexity": metrics["eval_perplexity"]}]
+    names = {"loss": "eval_loss", "perplexity": "eval_perplexity"}
+    assert [row["model"] for row in rows] == ["base", "adapter"]
+    for row in rows:
+        assert {names.get(key, key): value for key, value in row.items() if key != "model"} == metrics[row["model"]]
 
 
 @pytest.fixture(scope="module")
 def compared(reproduced_workspace, tmp_path_factory):
     """The baseline committed, one experiment with fewer steps, and `dvc plots diff` of the two as HTML."""
-    browser = chromium()
     workspace = tmp_path_factory.mktemp("compare") / "repo"
     shutil.copytree(reproduced_workspace, workspace, symlinks=True)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "-c", "commit.gpgsign=false"]
     subprocess.run(git + ["add", "-A"], cwd=workspace, check=True)
     subprocess.run(git + ["commit", "-qm", "baseline results"], cwd=workspace, check=True)
+    shutil.copyfile(workspace / "reports/generations.jsonl", workspace / "build/head-generations.jsonl")
     run_dvc(workspace, "exp", "run", "-n", "short", "-S", "train.max_steps=20")
     template = write_offline_template(workspace / "build/plots/offline-template.html")
     run_dvc(workspace, "plots", "diff", "HEAD", "short", "--html-template", str(template), "-o", "build/plots")
     page = workspace / "build/plots/index.html"
-    return workspace, page, browser
+    return workspace, page
 
 
 def test_plots_diff_page_holds_every_plot_for_both_experiments_and_no_cdn(compared):
-    workspace, page, _ = compared
+    workspace, page = compared
     html = page.read_text()
     assert "cdn.jsdelivr" not in html and not re.search(r"<script[^>]+src=", html), "no script from the network"
     specs = [json.loads(text) for text in re.findall(r"var spec = (\{.*?\});\n", html, flags=re.S)]
@@ -66,14 +70,18 @@ def test_plots_diff_page_holds_every_plot_for_both_experiments_and_no_cdn(compar
                                                             for model in ("base", "adapter")}
     short_metrics = json.loads((workspace / "reports/metrics.json").read_text())  # the workspace holds `short`
     assert {row["loss"] for row in bars if row["rev"] == "short"} == {
-        short_metrics["base_eval_loss"], short_metrics["eval_loss"]}
+        short_metrics["base"]["eval_loss"], short_metrics["adapter"]["eval_loss"]}
+    rouge = titles["ROUGE-L F1 against the reference, base vs adapter"]["data"]["values"]
+    assert {row["rouge_l"] for row in rouge if row["rev"] == "short"} == {
+        short_metrics["base"]["rouge_l"], short_metrics["adapter"]["rouge_l"]}
     curve = titles["Training loss"]["data"]["values"]
     assert sum(row["rev"] == "short" for row in curve) == 20 and sum(row["rev"] == "HEAD" for row in curve) == 100
 
 
 def test_plots_render_in_headless_chromium_with_no_network(compared):
     """Chromium runs the page's scripts (virtual time lets them finish) and dumps the DOM they built."""
-    _, page, browser = compared
+    _, page = compared
+    browser = chromium()
     done = subprocess.run(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
          "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=20000", "--dump-dom", page.as_uri()],
@@ -87,3 +95,31 @@ def test_plots_render_in_headless_chromium_with_no_network(compared):
         assert f">{title}</text>" in dom, f"the rendered page lacks the title {title!r}"
     assert ">short</text>" in dom and ">HEAD</text>" in dom, "the legend names both experiments"
     assert len(re.findall(r'<path[^>]+aria-roledescription="bar"', dom)) >= 8, "4 bars per bar plot"
+
+
+def test_compare_generations_reads_two_experiments_from_dvc_and_ranks_their_differences(compared):
+    """`compare_generations HEAD short`: both runs' answers read through DVC (HEAD's from the cache, not the
+    workspace), the wins counted per row, and the rows whose adapter answers differ most shown first."""
+    from alpaca_qlora.evaluation.scores import summarize
+    from alpaca_qlora.files import read_jsonl
+
+    workspace, _ = compared
+    head, short = (read_jsonl(workspace / "build/head-generations.jsonl"),
+                   read_jsonl(workspace / "reports/generations.jsonl"))
+    assert [r["id"] for r in head] == [r["id"] for r in short] and head != short
+    done = subprocess.run([sys.executable, "-m", "alpaca_qlora.cli.compare_generations", "HEAD", "short", "--top", "5"],
+                          cwd=workspace, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    figures = summarize(r["adapter"] for r in head), summarize(r["adapter"] for r in short)
+    assert f"| ROUGE-L F1 | {figures[0]['rouge_l']:.4f} | {figures[1]['rouge_l']:.4f} |" in text
+    assert f"| EOS-stop rate | {figures[0]['eos_stop_rate']:.4f} | {figures[1]['eos_stop_rate']:.4f} |" in text
+    better = sum(b["adapter"]["rouge_l"] > a["adapter"]["rouge_l"] for a, b in zip(head, short))
+    worse = sum(b["adapter"]["rouge_l"] < a["adapter"]["rouge_l"] for a, b in zip(head, short))
+    assert f"short higher in {better}, HEAD higher in {worse}, equal in {64 - better - worse} of 64." in text
+    gaps = sorted(((-abs(b["adapter"]["rouge_l"] - a["adapter"]["rouge_l"]), a["id"]) for a, b in zip(head, short)))
+    shown = [int(line.split()[2].rstrip(":")) for line in text.splitlines() if line.startswith("### Record ")]
+    assert shown == [record_id for _, record_id in gaps[:5]]
+    unknown = subprocess.run([sys.executable, "-m", "alpaca_qlora.cli.compare_generations", "HEAD", "no-such-exp"],
+                             cwd=workspace, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert unknown.returncode != 0 and "at revision 'no-such-exp' could not be read" in unknown.stderr

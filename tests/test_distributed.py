@@ -66,7 +66,7 @@ def test_two_processes_train_each_example_once_and_rank0_alone_writes(workspace_
     assert fillers0 + fillers1 == fillers
 
     metrics = json.loads((workspace_copy / "reports/metrics.json").read_text())
-    assert metrics["eval_loss"] < metrics["base_eval_loss"] - 1, "the adapter loads and evaluates"
+    assert metrics["adapter"]["eval_loss"] < metrics["base"]["eval_loss"] - 1, "the adapter loads and evaluates"
 
 
 def test_torchrun_command_is_standalone_on_one_node_and_reads_the_rendezvous_on_several():

@@ -5,7 +5,7 @@ import json
 
 from ruamel.yaml import YAML
 
-from tests.conftest import run_dvc, stages_run
+from tests.conftest import PIPELINE, run_dvc, stages_run
 from tests.dvc_cli import lock_out_md5
 
 
@@ -27,9 +27,30 @@ def test_runtime_keys_rerun_nothing_and_are_kept_for_the_next_run(workspace_copy
     assert run_dvc(workspace_copy, "status").strip() == "Data and pipelines are up to date."
 
 
-def test_evaluate_key_reruns_evaluate_only(workspace_copy):
-    output = run_dvc(workspace_copy, "exp", "run", "-S", "evaluate.max_new_tokens=8")
-    assert stages_run(output) == ["evaluate"]
+def test_evaluate_keys_rerun_both_evaluations_only_and_lm_eval_scores_a_local_task(workspace_copy, monkeypatch):
+    """Shorter answers and a tiny local lm-evaluation-harness task (tests/lm_eval/, a JSONL file, offline):
+    both evaluate stages rerun, nothing else; metrics.json holds the task's accuracy for base and adapter,
+    equal to what lm-eval gives the adapter loaded here through the same inference path."""
+    task = "tests/lm_eval/tiny_capitals.yaml"
+    output = run_dvc(workspace_copy, "exp", "run", "-S", "evaluate.max_new_tokens=8",
+                     "-S", f"evaluate.lm_eval_tasks=[{task}]")
+    assert stages_run(output) == ["evaluate_base", "evaluate"]
+    metrics = json.loads((workspace_copy / "reports/metrics.json").read_text())
+    assert metrics["base"]["mean_answer_tokens"] <= 8 and metrics["adapter"]["mean_answer_tokens"] <= 8
+    base, adapter = metrics["base"]["lm_eval"]["tiny_capitals"], metrics["adapter"]["lm_eval"]["tiny_capitals"]
+    assert set(base) == set(adapter) == {"acc"} and adapter["acc"] * 8 == round(adapter["acc"] * 8), "8 questions"
+    assert metrics["adapter_minus_base"]["lm_eval"]["tiny_capitals"]["acc"] == round(adapter["acc"] - base["acc"], 6)
+
+    from pathlib import Path
+
+    from alpaca_qlora.evaluation.lm_eval import lm_eval_scores
+    from alpaca_qlora.modeling import inference
+    from alpaca_qlora.params import load_section
+
+    monkeypatch.chdir(workspace_copy)
+    model, tokenizer = inference.load("merged", load_section("model"), Path("models/adapter"))
+    params = load_section("evaluate")
+    assert lm_eval_scores(model, tokenizer, params) == {"lm_eval": {"tiny_capitals": adapter}}
 
 
 def test_data_key_reruns_every_stage_with_the_users_own_file(workspace_copy, tmp_path):
@@ -42,7 +63,7 @@ def test_data_key_reruns_every_stage_with_the_users_own_file(workspace_copy, tmp
                     "--records", "400", "--seed", "11"], cwd=workspace_copy, check=True, capture_output=True)
     own.write_text(json.dumps([json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]))
     output = run_dvc(workspace_copy, "exp", "run", "-S", f"data.source={own}")
-    assert stages_run(output) == ["sample", "format", "train", "evaluate"]
+    assert stages_run(output) == PIPELINE
     stats = json.loads((workspace_copy / "data/sampled/stats.json").read_text())
     assert stats["source"] == str(own) and stats["source_records"] == 400 and stats["train_records"] == 160
 
@@ -56,15 +77,22 @@ def test_same_params_give_same_data_hashes(reproduced_workspace, offline_workspa
         assert lock_out_md5(other, path) == lock_out_md5(reproduced_workspace, path), path
 
 
-def test_a_train_key_reruns_train_and_evaluate_into_an_experiment_listed_with_its_metrics(workspace_copy):
+def test_a_train_key_reruns_train_and_evaluate_but_not_the_base_into_an_experiment_listed_with_its_metrics(
+        workspace_copy):
+    """The base model is evaluated once: its figures come from DVC's cache, byte for byte."""
+    base_before = lock_out_md5(workspace_copy, "reports/base")
+    metrics_before = json.loads((workspace_copy / "reports/metrics.json").read_text())
     output = run_dvc(workspace_copy, "exp", "run", "-n", "lr-1e-3", "-S", "train.learning_rate=1e-3")
     assert stages_run(output) == ["train", "evaluate"]
+    assert "Stage 'evaluate_base' didn't change, skipping" in output
+    assert lock_out_md5(workspace_copy, "reports/base") == base_before
     shown = json.loads(run_dvc(workspace_copy, "exp", "show", "--json"))
     experiments = {exp["name"]: exp for rev in shown for exp in (rev.get("experiments") or [])}
     assert "lr-1e-3" in experiments, shown
     data = experiments["lr-1e-3"]["revs"][0]["data"]
     assert data["params"]["params.yaml"]["data"]["train"]["learning_rate"] == 1e-3
     metrics = data["metrics"]["reports/metrics.json"]["data"]
-    assert metrics["eval_loss"] < metrics["base_eval_loss"]
+    assert metrics["base"] == metrics_before["base"] and metrics["adapter"] != metrics_before["adapter"]
+    assert metrics["adapter"]["eval_loss"] < metrics["base"]["eval_loss"]
     table = run_dvc(workspace_copy, "exp", "show", "--no-pager", "--md")
-    assert "lr-1e-3" in table and "eval_loss" in table
+    assert "lr-1e-3" in table and "adapter.rouge_l" in table and "adapter_minus_base.eos_stop_rate" in table

@@ -120,13 +120,18 @@ def test_hf_backend_trains_with_wandb_offline_and_never_touches_the_network(work
         seconds = time.monotonic() - started
     assert stages_run(output) == ["train", "evaluate"]
     assert network.connections == 0, f"something tried the network during an offline run ({seconds:.0f}s)"
-    (run_dir,) = (workspace_copy / "build/wandb").glob("offline-run-*")
+    runs = {}  # job type -> (run folder, its records): the train stage's run and the evaluate stage's
+    for run_dir in (workspace_copy / "build/wandb").glob("offline-run-*"):
+        found = offline_run_records(run_dir)
+        runs[found["run"][0].run.job_type] = (run_dir, found)
+    assert set(runs) == {"train", "evaluate"}, runs
     meta = json.loads((workspace_copy / "models/adapter/metadata.json").read_text())
     assert meta["backend"] == "hf" and meta["effective"]["global_steps"] == 30
     metrics = json.loads((workspace_copy / "reports/metrics.json").read_text())
-    assert metrics["eval_loss"] < metrics["base_eval_loss"] - 1
+    assert metrics["adapter"]["eval_loss"] < metrics["base"]["eval_loss"] - 1
+    check_evaluate_run_holds_the_generations_table(*runs["evaluate"], workspace_copy, metrics)
 
-    records = offline_run_records(run_dir)
+    run_dir, records = runs["train"]
     (run,) = records["run"]
     assert run.run.display_name == "wandb-offline", "the W&B run is named after the DVC experiment"
     config = {item.key: json.loads(item.value_json) for item in run.run.config.update}
@@ -143,3 +148,25 @@ def test_hf_backend_trains_with_wandb_offline_and_never_touches_the_network(work
     logged = [json.loads(item.value_json) for record in records["history"] for item in record.history.item
               if (item.key or "/".join(item.nested_key)) == "train/loss"]
     assert len(logged) == 30 and all(math.isfinite(value) for value in logged)
+
+
+def check_evaluate_run_holds_the_generations_table(run_dir: Path, records: dict, workspace: Path, metrics: dict):
+    """The evaluate stage's W&B run: every held-out row as a Table, the metrics in its summary."""
+    from alpaca_qlora.evaluation.tracking import COLUMNS
+    from alpaca_qlora.files import read_jsonl
+
+    (run,) = records["run"]
+    assert run.run.display_name == "wandb-offline" and run.run.run_group == "wandb-offline"
+    (table_file,) = run_dir.glob("files/media/table/evaluate/generations_*.table.json")
+    table = json.loads(table_file.read_text())
+    generations = read_jsonl(workspace / "reports/generations.jsonl")
+    assert table["columns"] == COLUMNS and len(table["data"]) == len(generations) == 64
+    by_id = {row[0]: dict(zip(COLUMNS, row)) for row in table["data"]}
+    for record in generations:
+        row = by_id[record["id"]]
+        assert (row["reference"], row["adapter_answer"], row["base_answer"]) == (
+            record["reference"], record["adapter"]["answer"], record["base"]["answer"])
+        assert row["adapter_rouge_l"] == record["adapter"]["rouge_l"]
+    summary = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
+               for record in records.get("summary", []) for item in record.summary.update}
+    assert summary["evaluate/adapter/rouge_l"] == metrics["adapter"]["rouge_l"], summary.keys()

@@ -34,13 +34,6 @@ def get(name: str) -> "Backend":
     return HF()
 
 
-def default_for_inference() -> str:
-    """Unsloth's fast inference on a GPU; on a CPU transformers + bitsandbytes + peft."""
-    import torch
-
-    return "unsloth" if torch.cuda.is_available() else "hf"
-
-
 def compute_dtype():
     import torch
 

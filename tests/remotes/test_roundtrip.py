@@ -49,7 +49,7 @@ def test_fresh_clone_pulls_identical_outputs_and_reruns_nothing(kind, team_works
     repro = dvc(colleague, "repro")
     assert "Running stage" not in repro.output, f"dvc repro reran a stage after a pull:\n{repro}"
     assert repro.output.rstrip().endswith("Data and pipelines are up to date."), repro
-    for stage in ("sample", "format", "train", "evaluate"):
+    for stage in ("sample", "format", "train", "evaluate_base", "evaluate"):
         assert f"Stage '{stage}' didn't change, skipping" in repro.output, repro
 
     adapter_bytes = sum((gpu_box / rel).stat().st_size for rel in adapter)

@@ -1,0 +1,46 @@
+"""Stage `evaluate_base`: the base model alone on the held-out set, once per model.* / evaluate.* setting.
+
+Reads params `model.*` and `evaluate.*` (never train.*, so `dvc exp run -S train.learning_rate=...` takes
+this stage's outputs from DVC's cache) and data/formatted/eval.jsonl. Writes reports/base/: the base
+model's held-out loss and perplexity, a greedy answer to every held-out prompt, its ROUGE-L, exact match,
+answer length and EOS-stop rate (alpaca_qlora/evaluation/results.py describes the files). The adapter's
+stage reads them and writes both side by side.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from alpaca_qlora.evaluation.results import setup, write_base
+from alpaca_qlora.files import read_jsonl
+from alpaca_qlora.modeling import inference
+from alpaca_qlora.params import load_section
+
+
+def main() -> None:
+    started = time.perf_counter()
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--eval", type=Path, default=Path("data/formatted/eval.jsonl"))
+    parser.add_argument("--out", type=Path, default=Path("reports/base"))
+    args = parser.parse_args()
+    model_params, params = load_section("model"), load_section("evaluate")
+    path = inference.resolve(params["backend"])
+    inference.import_libraries(path)  # Unsloth first on its path
+    from alpaca_qlora.evaluation.heldout import describe, judge
+    from alpaca_qlora.evaluation.lm_eval import lm_eval_scores
+
+    imported = time.perf_counter()
+    model, tokenizer = inference.load(path, model_params)
+    loaded = time.perf_counter()
+    result = judge(model, tokenizer, read_jsonl(args.eval), params)
+    result.figures.update(lm_eval_scores(model, tokenizer, params))
+    result.timing.update(import_s=round(imported - started, 3), load_s=round(loaded - imported, 3),
+                         total_s=round(time.perf_counter() - started, 3))
+    write_base(args.out, result, setup(model_params, params, path, args.eval))
+    print(f"evaluate_base: {model_params['name']} via {path}: {describe(result)}; load "
+          f"{result.timing['load_s']:.1f}s, stage {result.timing['total_s']:.1f}s after start-up")
+
+
+if __name__ == "__main__":
+    main()

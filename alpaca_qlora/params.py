@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError
+
+from alpaca_qlora.errors import UserError
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -45,6 +48,7 @@ CHOICES = {
 BOUNDS = {
     ("data", "fraction"): (lambda v: 0 < v <= 1, "in (0, 1]"),
     ("data", "eval_size"): (lambda v: v >= 1, "at least 1"),
+    ("data", "seed"): (lambda v: v >= 0, "0 or more"),
     ("model", "max_seq_length"): (lambda v: v >= 16, "at least 16"),
     ("lora", "r"): (lambda v: v >= 1, "a positive integer (the LoRA rank, e.g. 16)"),
     ("lora", "alpha"): (lambda v: v > 0, "positive"),
@@ -58,13 +62,17 @@ BOUNDS = {
     ("train", "gradient_accumulation_steps"): (lambda v: v >= 1, "at least 1"),
     ("train", "warmup_steps"): (lambda v: v >= 0, "0 or more"),
     ("train", "num_processes"): (lambda v: v >= 1, "at least 1"),
+    ("train", "seed"): (lambda v: v >= 0, "0 or more"),
     ("runtime", "logging_steps"): (lambda v: v >= 1, "at least 1"),
     ("runtime", "save_steps"): (lambda v: v >= 0, "0 (no checkpoints) or a positive number of steps"),
+    ("evaluate", "batch_size"): (lambda v: v >= 1, "at least 1"),
+    ("evaluate", "num_generations"): (lambda v: v >= 0, "0 or more"),
+    ("evaluate", "max_new_tokens"): (lambda v: v >= 1, "at least 1"),
 }
 
 
-class ParamsError(ValueError):
-    """A missing, unknown or mistyped key in params.yaml."""
+class ParamsError(UserError, ValueError):
+    """A missing, unknown or mistyped key in params.yaml, or a value out of bounds."""
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -73,9 +81,15 @@ def read_yaml(path: Path) -> dict[str, Any]:
         with open(path, encoding="utf-8") as handle:
             loaded = YAML(typ="safe", pure=True).load(handle)
     except FileNotFoundError:
-        raise ParamsError(f"{path}: file not found (run from the repository root)") from None
+        raise ParamsError(f"{path}: file not found in {Path.cwd()}; run from the repository root") from None
+    except MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ParamsError(f"{where}: not valid YAML ({error.problem or error.context}); fix the indentation or "
+                          "quoting there (`git diff params.yaml` shows what changed)") from None
     if not isinstance(loaded, dict):
-        raise ParamsError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}; restore it with "
+                          f"`git checkout {path}`")
     return loaded
 
 
@@ -83,7 +97,8 @@ def load_section(name: str, path: Path = PARAMS_FILE) -> dict[str, Any]:
     """Return params section `name`, every key present and of the declared type."""
     section = read_yaml(path).get(name)
     if not isinstance(section, dict):
-        raise ParamsError(f"{path}: section '{name}' is missing or not a mapping")
+        raise ParamsError(f"{path}: section '{name}' is missing or not a mapping; add it (the committed "
+                          "params.yaml has every section, each key commented)")
     return validate_section(name, section, path)
 
 
@@ -95,7 +110,8 @@ def validate_section(name: str, section: dict[str, Any], path: Path | str = PARA
                           f"known keys of '{name}': {', '.join(schema)}")
     for key, types in schema.items():
         if key not in section:
-            raise ParamsError(f"{path}: key '{name}.{key}' is missing")
+            raise ParamsError(f"{path}: key '{name}.{key}' is missing; add it (the committed params.yaml has "
+                              "every key, commented)")
         value = section[key]
         # bool is an int in Python: refuse `r: true` and `packing: 1` alike.
         if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
@@ -119,3 +135,18 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def check_trainer_names(train_params: dict[str, Any]) -> None:
+    """train.optimizer and train.lr_scheduler name one of transformers' own, checked before the model loads.
+
+    Imports transformers: call it after modeling.backends.get(), which imports Unsloth first.
+    """
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    for key, names in (("optimizer", OptimizerNames), ("lr_scheduler", SchedulerType)):
+        known = [item.value for item in names]
+        if train_params[key] not in known:
+            raise ParamsError(f"{PARAMS_FILE}: key 'train.{key}' must be one of transformers' {names.__name__}, got "
+                              f"{train_params[key]!r}; known: {', '.join(known)}")

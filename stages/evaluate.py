@@ -8,9 +8,10 @@ generations of the first held-out prompts, each beside its reference output, for
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
+from alpaca_qlora import progress
+from alpaca_qlora.errors import run_main
 from alpaca_qlora.files import atomic_write_bytes, read_jsonl, write_json
 from alpaca_qlora.modeling import backends
 from alpaca_qlora.modeling.adapter import AdapterMetadata
@@ -34,7 +35,6 @@ def main() -> None:
     prompts = [row["prompt"] for row in shown]
     generate = dict(max_new_tokens=params["max_new_tokens"], batch_size=params["batch_size"])
 
-    started = time.perf_counter()
     model, tokenizer = backend.load_for_inference(model_params)
     base = heldout_loss(model, rows, batch_size=params["batch_size"], pad_token_id=tokenizer.pad_token_id)
     base_texts, _ = greedy_generations(model, tokenizer, prompts, **generate)
@@ -56,9 +56,9 @@ def main() -> None:
         {"model": "adapter", "loss": tuned["loss"], "perplexity": tuned["perplexity"]},
     ])
     write_generations_report(args.out / "generations.md", shown, base_texts, tuned_texts, model_params["name"])
-    print(f"evaluate: held-out loss {base['loss']:.4f} (base) -> {tuned['loss']:.4f} (adapter), "
-          f"perplexity {base['perplexity']:.2f} -> {tuned['perplexity']:.2f}; {speed['prompts_per_s']:.2f} "
-          f"prompts/s; {time.perf_counter() - started:.1f}s")
+    print(progress.summary(f"evaluate: held-out loss {base['loss']:.4f} (base) -> {tuned['loss']:.4f} (adapter), "
+                           f"perplexity {base['perplexity']:.2f} -> {tuned['perplexity']:.2f}; "
+                           f"{speed['prompts_per_s']:.2f} prompts/s; wrote {args.out}/"))
 
 
 def write_generations_report(path: Path, rows, base_texts, tuned_texts, model_name: str) -> None:
@@ -77,4 +77,4 @@ def fenced(text: str) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

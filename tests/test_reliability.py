@@ -159,8 +159,8 @@ def test_target_module_missing_from_the_model_is_named_with_the_real_ones(tiny_m
     with pytest.raises(EnvironmentProblem) as error:
         check_target_modules(tiny_model, ["q_proj", "qkv_proj"], "offline:tiny-mistral")
     assert str(error.value) == (
-        "params.yaml: lora.target_modules lists 'qkv_proj', not a linear layer of model 'offline:tiny-mistral'. "
-        "Its linear layers are: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj.")
+        "params.yaml: lora.target_modules lists 'qkv_proj', not a linear layer of model 'offline:tiny-mistral'; "
+        "list only its linear layers: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj")
     check_target_modules(tiny_model, committed("lora")["target_modules"], "offline:tiny-mistral")
 
 

@@ -105,8 +105,8 @@ def write_bad_jsonl(workspace: Path) -> str:
      "model.name='unsloth/mistral-7b-instruct-v0.2-bnb-4bit' is not in the local Hugging Face cache, and "
      "HF_HUB_OFFLINE=1 forbids downloading it"),
     (lambda _: "lora.target_modules=[q_proj, qkv_proj]", "train",
-     "lora.target_modules lists 'qkv_proj', not a linear layer of model 'offline:tiny-mistral'. Its linear "
-     "layers are: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj."),
+     "lora.target_modules lists 'qkv_proj', not a linear layer of model 'offline:tiny-mistral'; list only its "
+     "linear layers: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj"),
 ])
 def test_failing_stage_leaves_nothing_partial_and_previous_outputs_restore(workspace_copy, override, failing,
                                                                           message):

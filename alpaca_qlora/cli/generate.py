@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from alpaca_qlora import progress
+from alpaca_qlora.errors import run_main
 from alpaca_qlora.modeling import backends
 from alpaca_qlora.modeling.adapter import AdapterMetadata
 
@@ -65,6 +67,7 @@ def load_adapter_for_inference(adapter_dir: Path, backend_name: str | None = Non
     """(model, tokenizer, render) for a trained adapter folder: its base model, backend loader and template."""
     metadata = AdapterMetadata.read(adapter_dir)
     backend = backends.get(backend_name or backends.default_for_inference())
+    progress.note(f"generate: loading {metadata.base_model} ({backend.name}) and the adapter {adapter_dir}")
     model, tokenizer = backend.load_for_inference(metadata.model_params)
     return backend.attach_adapter(model, adapter_dir), tokenizer, metadata.prompt_renderer()
 
@@ -105,4 +108,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

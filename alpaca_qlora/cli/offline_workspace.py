@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
+from alpaca_qlora.errors import UserError, run_main
 from alpaca_qlora.params import SCHEMA, ParamsError, read_yaml, validate_section
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -30,8 +32,12 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     dotted, raw = text.split("=", 1)
     section, key = dotted.split(".", 1)
     if section not in SCHEMA or key not in SCHEMA[section]:
-        raise ParamsError(f"override {text!r}: unknown key '{dotted}'")
-    return section, key, YAML(typ="safe", pure=True).load(raw) if raw.strip() else ""
+        raise ParamsError(f"override {text!r}: unknown key '{dotted}'; the keys are those of params.yaml")
+    try:
+        return section, key, YAML(typ="safe", pure=True).load(raw) if raw.strip() else ""
+    except YAMLError as error:
+        raise ParamsError(f"override {text!r}: the value is not valid YAML ({getattr(error, 'problem', error)}); "
+                          "quote it, e.g. --set 'lora.target_modules=[q_proj, v_proj]'") from None
 
 
 def overlay_params(params_path: Path, overrides: list[tuple[str, str, Any]]) -> None:
@@ -59,7 +65,7 @@ def make_offline_workspace(destination: Path, overrides: list[str] = (), *, sour
     destination = destination.resolve()
     if destination.exists():
         if not force:
-            raise FileExistsError(f"{destination} exists; pass --force to replace it")
+            raise UserError(f"{destination} exists; pass --force to replace it, or choose another folder")
         shutil.rmtree(destination)
     destination.mkdir(parents=True)
     for relative in repository_files(source):
@@ -89,4 +95,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

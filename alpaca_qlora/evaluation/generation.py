@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import time
 
+from alpaca_qlora import progress
+
 
 def greedy_generations(model, tokenizer, prompts: list[str], *, max_new_tokens: int,
                        batch_size: int) -> tuple[list[str], dict[str, float]]:
@@ -14,7 +16,7 @@ def greedy_generations(model, tokenizer, prompts: list[str], *, max_new_tokens: 
     outputs, new_tokens = [], 0
     started = time.perf_counter()
     try:
-        for start in range(0, len(prompts), batch_size):
+        for start in progress.bar(range(0, len(prompts), batch_size), desc="evaluate: generating", unit="batch"):
             # add_special_tokens=True: the prompt gets BOS exactly as in the formatted training rows.
             encoded = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True).to(device)
             with torch.no_grad():

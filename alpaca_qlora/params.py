@@ -6,6 +6,7 @@ type here, so a typo fails with the file and key at fault instead of deep inside
 """
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,9 @@ BOUNDS = {
 }
 
 
+FIX = "fix it in params.yaml (the comment above each key says what it takes)"
+
+
 class ParamsError(UserError, ValueError):
     """A missing, unknown or mistyped key in params.yaml, or a value out of bounds."""
 
@@ -85,8 +89,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ParamsError(f"{where}: not valid YAML ({error.problem or error.context}); fix the indentation or "
-                          "quoting there (`git diff params.yaml` shows what changed)") from None
+        context = (f"{error.context} from line {error.context_mark.line + 1}: " if error.context and error.context_mark
+                   else "")
+        raise ParamsError(f"{where}: not valid YAML ({context}{error.problem}); fix the indentation or quoting "
+                          f"there (`git diff {path}` shows what changed)") from None
     if not isinstance(loaded, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}; restore it with "
                           f"`git checkout {path}`")
@@ -116,16 +122,16 @@ def validate_section(name: str, section: dict[str, Any], path: Path | str = PARA
         # bool is an int in Python: refuse `r: true` and `packing: 1` alike.
         if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
             expected = " or ".join(t.__name__ for t in types)
-            hint = ""
+            hint = FIX
             if isinstance(value, str) and _is_number(value) and (int in types or float in types):
-                hint = f"; it is a quoted string: write {value} without quotes"
-            raise ParamsError(f"{path}: key '{name}.{key}' must be {expected}, got {value!r}{hint}")
+                hint = f"it is a quoted string: write {value} without quotes"
+            raise ParamsError(f"{path}: key '{name}.{key}' must be {expected}, got {value!r}; {hint}")
         allowed = CHOICES.get((name, key))
         if allowed and value not in allowed:
-            raise ParamsError(f"{path}: key '{name}.{key}' must be one of {', '.join(allowed)}, got {value!r}")
+            raise ParamsError(f"{path}: key '{name}.{key}' must be one of {', '.join(allowed)}, got {value!r}; {FIX}")
         bound = BOUNDS.get((name, key))
         if bound and not bound[0](value):
-            raise ParamsError(f"{path}: key '{name}.{key}' must be {bound[1]}, got {value!r}")
+            raise ParamsError(f"{path}: key '{name}.{key}' must be {bound[1]}, got {value!r}; {FIX}")
     return dict(section)
 
 
@@ -148,5 +154,7 @@ def check_trainer_names(train_params: dict[str, Any]) -> None:
     for key, names in (("optimizer", OptimizerNames), ("lr_scheduler", SchedulerType)):
         known = [item.value for item in names]
         if train_params[key] not in known:
-            raise ParamsError(f"{PARAMS_FILE}: key 'train.{key}' must be one of transformers' {names.__name__}, got "
-                              f"{train_params[key]!r}; known: {', '.join(known)}")
+            close = difflib.get_close_matches(train_params[key], known, n=3) or known[:3]
+            raise ParamsError(f"{PARAMS_FILE}: key 'train.{key}' is {train_params[key]!r}, not one of the {len(known)} "
+                              f"names transformers knows; write one of them, e.g. {', '.join(close)} (all of them: "
+                              f"{names.__module__}.{names.__name__})")

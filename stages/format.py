@@ -25,8 +25,8 @@ def main() -> None:
     args = parser.parse_args()
     params, model_params = load_section("format"), load_section("model")
 
+    template = PromptTemplate.load(params["template"])  # before the seconds a tokenizer takes to load
     tokenizer = load_tokenizer(model_params)
-    template = PromptTemplate.load(params["template"])
     stats = {"template": template.as_dict(), "input_free_variant": params["input_free_variant"],
              "too_long": params["too_long"], "eos_token": tokenizer.eos_token}
     outputs = {}

@@ -36,7 +36,7 @@ def main() -> None:
     status = launch.setup_process(params["num_processes"], runtime["launcher"], "stages.train", sys.argv[1:])
     if status is not None:  # this process only launched the workers
         sys.exit(status)
-    backend = backends.get(params["backend"])  # imports Unsloth before transformers and TRL
+    backend = backends.get(params["backend"], model_name=model_params["name"])  # Unsloth before transformers, TRL
     from alpaca_qlora.training import trainer
     check_trainer_names(params)  # transformers' optimizer and scheduler names, before minutes of model loading
     started = time.perf_counter()

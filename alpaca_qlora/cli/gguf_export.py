@@ -70,6 +70,8 @@ def export_gguf(merged_dir: Path, out_file: Path, *, outtype: str = "q8_0",
     if outtype not in OUTTYPES:
         raise ValueError(f"--outtype must be one of {', '.join(OUTTYPES)} (K-quants: see docs/using-the-adapter.md), got {outtype!r}")
     check_merged_folder(merged_dir)
+    if out_file.is_dir():
+        raise UserError(f"--out {out_file} is a directory; give the .gguf file to write, e.g. {out_file}/model.gguf")
     script = converter(converter_dir)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from alpaca_qlora import progress
-from alpaca_qlora.errors import run_main
+from alpaca_qlora.errors import UserError, run_main
 from alpaca_qlora.files import write_json
 from alpaca_qlora.modeling import backends
 from alpaca_qlora.modeling.adapter import AdapterMetadata
@@ -45,10 +45,12 @@ def merge_adapter(adapter_dir: Path, out_dir: Path, *, base_weights: str | None 
     The merge runs in the compute dtype (float32 on a CPU, bfloat16 on a recent GPU) and the result is
     cast to `save_dtype` once at the end.
     """
+    model_params = AdapterMetadata.read(adapter_dir).model_params  # a wrong folder fails before torch loads
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file; give the folder to write the merged model to")
     import torch
     from transformers import AutoTokenizer
 
-    model_params = AdapterMetadata.read(adapter_dir).model_params
     if base_weights is None:
         base_weights = "dequantized" if model_params["load_in_4bit"] else "original"
     if base_weights not in BASE_WEIGHTS:

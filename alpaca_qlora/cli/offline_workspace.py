@@ -62,12 +62,22 @@ def repository_files(root: Path) -> list[str]:
 
 def make_offline_workspace(destination: Path, overrides: list[str] = (), *, source: Path = REPO_ROOT,
                            force: bool = False) -> Path:
-    destination = destination.resolve()
+    given, destination = destination, destination.resolve()
+    parsed = [parse_override(text) for text in overrides]  # a mistyped key fails before anything is copied
     if destination.exists():
         if not force:
-            raise UserError(f"{destination} exists; pass --force to replace it, or choose another folder")
+            raise UserError(f"{given} exists; pass --force to replace it, or choose another folder")
         shutil.rmtree(destination)
     destination.mkdir(parents=True)
+    try:
+        fill_workspace(destination, source, parsed)
+    except BaseException:  # a bad value, a full disk: no half-made workspace is left to be mistaken for one
+        shutil.rmtree(destination, ignore_errors=True)
+        raise
+    return destination
+
+
+def fill_workspace(destination: Path, source: Path, overrides: list[tuple[str, str, Any]]) -> None:
     for relative in repository_files(source):
         target = destination / relative
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -76,13 +86,12 @@ def make_offline_workspace(destination: Path, overrides: list[str] = (), *, sour
     (destination / "dvc.lock").unlink(missing_ok=True)
     profile = [(section, key, value) for section, values in read_yaml(source / PROFILE).items()
                for key, value in values.items()]
-    overlay_params(destination / "params.yaml", profile + [parse_override(text) for text in overrides])
+    overlay_params(destination / "params.yaml", profile + overrides)
     git = ["git", "-c", "user.name=offline-workspace", "-c", "user.email=offline@localhost",
            "-c", "commit.gpgsign=false"]
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=destination, check=True)
     subprocess.run(git + ["add", "-A"], cwd=destination, check=True)
     subprocess.run(git + ["commit", "-q", "-m", "Offline profile workspace"], cwd=destination, check=True)
-    return destination
 
 
 def main() -> None:

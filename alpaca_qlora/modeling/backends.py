@@ -19,15 +19,21 @@ from typing import Any
 
 from alpaca_qlora.modeling.adapter import check_adapter_folder
 from alpaca_qlora.modeling.offline_models import resolve_model_path
-from alpaca_qlora.modeling.preflight import (EnvironmentProblem, check_before_loading, check_model_reachable,
-                                             check_target_modules)
+from alpaca_qlora.modeling.preflight import (EnvironmentProblem, check_backend_device, check_before_loading,
+                                             check_model_reachable, check_target_modules)
 from alpaca_qlora.modeling.tokenizer import ensure_pad_token
 
 NAMES = ("unsloth", "hf")
 
 
-def get(name: str) -> "Backend":
-    """The backend called `name` (train.backend). For "unsloth", Unsloth is imported here, first."""
+def get(name: str, *, model_name: str | None = None) -> "Backend":
+    """The backend called `name` (train.backend). For "unsloth", Unsloth is imported here, first.
+
+    With `model_name`, this machine is first checked to be able to run it (check_backend_device), before
+    the seconds that importing Unsloth takes.
+    """
+    if model_name is not None:
+        check_backend_device(name, model_name)
     if name == "unsloth":
         import unsloth  # noqa: F401  (patches transformers, peft and TRL: must come before them)
 

@@ -8,11 +8,11 @@ from alpaca_qlora.modeling.offline_models import resolve_model_path
 
 def load_tokenizer(model_params: dict[str, Any]):
     """The tokenizer of `model.name` (hub id, local directory or offline:<preset>), padded safely."""
-    from transformers import AutoTokenizer
-
     from alpaca_qlora.modeling.preflight import EnvironmentProblem, check_model_reachable
 
     check_model_reachable(model_params["name"])  # name the id and HF_HUB_OFFLINE, not a hub stack trace
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model_params))
     if tokenizer.eos_token_id is None:
         raise EnvironmentProblem(f"params.yaml: model.name={model_params['name']!r} has a tokenizer without an EOS "

@@ -3,6 +3,8 @@
 Bars follow tqdm's own rule (`disable=None`: drawn only when stderr, where they go, is a terminal), and
 are off under CI (the `CI` variable that CI services set), so logs, `dvc repro` in CI and the tests get
 only the summary lines. TQDM_* variables (e.g. TQDM_MININTERVAL=5) tune them as they tune any tqdm bar.
+The libraries' own bars (weights loading, datasets' map) follow the same rule: this module is imported as
+a stage or command starts, before them, and switches theirs off through their variables when no one watches.
 """
 from __future__ import annotations
 
@@ -23,6 +25,16 @@ def bars_shown() -> bool:
     """What tqdm decides with disable=None (a terminal on stderr), and not under CI: for libraries' own
     progress switches (peft's `progressbar`, the Trainer's `disable_tqdm`)."""
     return not under_ci() and sys.stderr.isatty()
+
+
+def quiet_library_bars_unless_watched() -> None:
+    """transformers, datasets and huggingface_hub read these when imported; a variable already set wins."""
+    if not bars_shown():
+        for variable in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+            os.environ.setdefault(variable, "1")
+
+
+quiet_library_bars_unless_watched()
 
 
 def bar(iterable: Iterable[Item] | None = None, *, desc: str, total: float | None = None, unit: str = "it",

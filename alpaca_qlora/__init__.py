@@ -3,6 +3,8 @@
     params.py      params.yaml: the one list of keys, their types and bounds
     files.py       how outputs are written: atomic folders and files, stable JSON / JSONL, sha256
     provenance.py  what a run records about itself: library versions, device, git revision, peak memory
+    errors.py      UserError, the base of every expected error, and run_main: one `error:` line, no traceback
+    progress.py    progress bars where a user waits (tqdm, quiet in logs and CI) and each stage's summary line
     data/          the Alpaca rules: reading and checking records, the seeded split, template, formatting
     modeling/      the base model and the adapter: the backends (unsloth, hf), tokenizer, offline models,
                    checks before loading, the adapter folder and its metadata.json, the inference rule

@@ -6,10 +6,14 @@ type here, so a typo fails with the file and key at fault instead of deep inside
 """
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError
+
+from alpaca_qlora.errors import UserError
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -48,6 +52,7 @@ CHOICES = {
 BOUNDS = {
     ("data", "fraction"): (lambda v: 0 < v <= 1, "in (0, 1]"),
     ("data", "eval_size"): (lambda v: v >= 1, "at least 1"),
+    ("data", "seed"): (lambda v: v >= 0, "0 or more"),
     ("model", "max_seq_length"): (lambda v: v >= 16, "at least 16"),
     ("lora", "r"): (lambda v: v >= 1, "a positive integer (the LoRA rank, e.g. 16)"),
     ("lora", "alpha"): (lambda v: v > 0, "positive"),
@@ -61,6 +66,7 @@ BOUNDS = {
     ("train", "gradient_accumulation_steps"): (lambda v: v >= 1, "at least 1"),
     ("train", "warmup_steps"): (lambda v: v >= 0, "0 or more"),
     ("train", "num_processes"): (lambda v: v >= 1, "at least 1"),
+    ("train", "seed"): (lambda v: v >= 0, "0 or more"),
     ("runtime", "logging_steps"): (lambda v: v >= 1, "at least 1"),
     ("runtime", "save_steps"): (lambda v: v >= 0, "0 (no checkpoints) or a positive number of steps"),
     ("evaluate", "batch_size"): (lambda v: v >= 1, "at least 1"),
@@ -72,8 +78,11 @@ BOUNDS = {
 }
 
 
-class ParamsError(ValueError):
-    """A missing, unknown or mistyped key in params.yaml."""
+FIX = "fix it in params.yaml (the comment above each key says what it takes)"
+
+
+class ParamsError(UserError, ValueError):
+    """A missing, unknown or mistyped key in params.yaml, or a value out of bounds."""
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -82,9 +91,17 @@ def read_yaml(path: Path) -> dict[str, Any]:
         with open(path, encoding="utf-8") as handle:
             loaded = YAML(typ="safe", pure=True).load(handle)
     except FileNotFoundError:
-        raise ParamsError(f"{path}: file not found (run from the repository root)") from None
+        raise ParamsError(f"{path}: file not found in {Path.cwd()}; run from the repository root") from None
+    except MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        context = (f"{error.context} from line {error.context_mark.line + 1}: " if error.context and error.context_mark
+                   else "")
+        raise ParamsError(f"{where}: not valid YAML ({context}{error.problem}); fix the indentation or quoting "
+                          f"there (`git diff {path}` shows what changed)") from None
     if not isinstance(loaded, dict):
-        raise ParamsError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}; restore it with "
+                          f"`git checkout {path}`")
     return loaded
 
 
@@ -92,7 +109,8 @@ def load_section(name: str, path: Path = PARAMS_FILE) -> dict[str, Any]:
     """Return params section `name`, every key present and of the declared type."""
     section = read_yaml(path).get(name)
     if not isinstance(section, dict):
-        raise ParamsError(f"{path}: section '{name}' is missing or not a mapping")
+        raise ParamsError(f"{path}: section '{name}' is missing or not a mapping; add it (the committed "
+                          "params.yaml has every section, each key commented)")
     return validate_section(name, section, path)
 
 
@@ -104,21 +122,22 @@ def validate_section(name: str, section: dict[str, Any], path: Path | str = PARA
                           f"known keys of '{name}': {', '.join(schema)}")
     for key, types in schema.items():
         if key not in section:
-            raise ParamsError(f"{path}: key '{name}.{key}' is missing")
+            raise ParamsError(f"{path}: key '{name}.{key}' is missing; add it (the committed params.yaml has "
+                              "every key, commented)")
         value = section[key]
         # bool is an int in Python: refuse `r: true` and `packing: 1` alike.
         if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
             expected = " or ".join(t.__name__ for t in types)
-            hint = ""
+            hint = FIX
             if isinstance(value, str) and _is_number(value) and (int in types or float in types):
-                hint = f"; it is a quoted string: write {value} without quotes"
-            raise ParamsError(f"{path}: key '{name}.{key}' must be {expected}, got {value!r}{hint}")
+                hint = f"it is a quoted string: write {value} without quotes"
+            raise ParamsError(f"{path}: key '{name}.{key}' must be {expected}, got {value!r}; {hint}")
         allowed = CHOICES.get((name, key))
         if allowed and value not in allowed:
-            raise ParamsError(f"{path}: key '{name}.{key}' must be one of {', '.join(allowed)}, got {value!r}")
+            raise ParamsError(f"{path}: key '{name}.{key}' must be one of {', '.join(allowed)}, got {value!r}; {FIX}")
         bound = BOUNDS.get((name, key))
         if bound and not bound[0](value):
-            raise ParamsError(f"{path}: key '{name}.{key}' must be {bound[1]}, got {value!r}")
+            raise ParamsError(f"{path}: key '{name}.{key}' must be {bound[1]}, got {value!r}; {FIX}")
     return dict(section)
 
 
@@ -128,3 +147,20 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def check_trainer_names(train_params: dict[str, Any]) -> None:
+    """train.optimizer and train.lr_scheduler name one of transformers' own, checked before the model loads.
+
+    Imports transformers: call it after modeling.backends.get(), which imports Unsloth first.
+    """
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    for key, names in (("optimizer", OptimizerNames), ("lr_scheduler", SchedulerType)):
+        known = [item.value for item in names]
+        if train_params[key] not in known:
+            close = difflib.get_close_matches(train_params[key], known, n=3) or known[:3]
+            raise ParamsError(f"{PARAMS_FILE}: key 'train.{key}' is {train_params[key]!r}, not one of the {len(known)} "
+                              f"names transformers knows; write one of them, e.g. {', '.join(close)} (all of them: "
+                              f"{names.__module__}.{names.__name__})")

@@ -14,6 +14,8 @@ import argparse
 import time
 from pathlib import Path
 
+from alpaca_qlora import progress
+from alpaca_qlora.errors import run_main
 from alpaca_qlora.evaluation import report, results, tracking
 from alpaca_qlora.evaluation.scores import reference_text
 from alpaca_qlora.files import read_jsonl
@@ -51,9 +53,9 @@ def main() -> None:
     report.write_generations_report(args.out / "generations.md", metrics, records, model_params["name"], path)
     tracking.log_generations(metrics, records, load_section("runtime"))
     print(f"evaluate: base {describe(base)}")
-    print(f"evaluate: adapter via {path}: {describe(adapter)}; load {adapter.timing['load_s']:.1f}s, "
-          f"stage {adapter.timing['total_s']:.1f}s after start-up")
+    print(progress.summary(f"evaluate: wrote {args.out}/ (metrics, generations, report); adapter via {path}: "
+                           f"{describe(adapter)}; load {adapter.timing['load_s']:.1f}s"))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -12,6 +12,8 @@ import argparse
 import time
 from pathlib import Path
 
+from alpaca_qlora import progress
+from alpaca_qlora.errors import run_main
 from alpaca_qlora.evaluation.results import setup, write_base
 from alpaca_qlora.files import read_jsonl
 from alpaca_qlora.modeling import inference
@@ -38,9 +40,9 @@ def main() -> None:
     result.timing.update(import_s=round(imported - started, 3), load_s=round(loaded - imported, 3),
                          total_s=round(time.perf_counter() - started, 3))
     write_base(args.out, result, setup(model_params, params, path, args.eval))
-    print(f"evaluate_base: {model_params['name']} via {path}: {describe(result)}; load "
-          f"{result.timing['load_s']:.1f}s, stage {result.timing['total_s']:.1f}s after start-up")
+    print(progress.summary(f"evaluate_base: wrote {args.out}/; {model_params['name']} via {path}: "
+                           f"{describe(result)}; load {result.timing['load_s']:.1f}s"))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from alpaca_qlora.data.formatting import format_records
+from alpaca_qlora import progress
+from alpaca_qlora.data.formatting import TooLongError, format_records
 from alpaca_qlora.data.template import PromptTemplate
+from alpaca_qlora.errors import run_main
 from alpaca_qlora.files import atomic_directory, read_jsonl, write_json, write_jsonl
 from alpaca_qlora.modeling.tokenizer import load_tokenizer
 from alpaca_qlora.params import load_section
@@ -23,18 +25,21 @@ def main() -> None:
     args = parser.parse_args()
     params, model_params = load_section("format"), load_section("model")
 
+    template = PromptTemplate.load(params["template"])  # before the seconds a tokenizer takes to load
     tokenizer = load_tokenizer(model_params)
-    template = PromptTemplate.load(params["template"])
     stats = {"template": template.as_dict(), "input_free_variant": params["input_free_variant"],
              "too_long": params["too_long"], "eos_token": tokenizer.eos_token}
     outputs = {}
     for split in ("train", "eval"):
+        records = read_jsonl(args.sampled / f"{split}.jsonl")
         rows, report = format_records(
-            read_jsonl(args.sampled / f"{split}.jsonl"), tokenizer=tokenizer, template=template,
+            progress.bar(records, desc=f"format: {split}", unit="record"), tokenizer=tokenizer, template=template,
             input_free_variant=params["input_free_variant"], max_seq_length=model_params["max_seq_length"],
             too_long=params["too_long"])
         if not rows:
-            raise ValueError(f"format: every {split} row was dropped as too long; raise model.max_seq_length")
+            raise TooLongError(f"format: every one of the {len(records)} {split} rows is over model.max_seq_length="
+                               f"{model_params['max_seq_length']} and was dropped; raise it, or set "
+                               "format.too_long to truncate")
         outputs[f"{split}.jsonl"] = rows
         stats[split] = report.summary(model_params["max_seq_length"])
         print(f"format: {split}: {len(rows)} rows, mean {stats[split]['tokens_mean']} tokens, "
@@ -44,7 +49,8 @@ def main() -> None:
         for name, rows in outputs.items():
             write_jsonl(staging / name, rows)
         write_json(staging / "stats.json", stats)
+    print(progress.summary(f"format: wrote {args.out}/ (train.jsonl, eval.jsonl, stats.json)"))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

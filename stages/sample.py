@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from alpaca_qlora import progress
 from alpaca_qlora.data.records import load_records, validate_records
 from alpaca_qlora.data.sampling import find_duplicates, fingerprint, sample_indices
+from alpaca_qlora.errors import run_main
 from alpaca_qlora.files import atomic_directory, write_json, write_jsonl
 from alpaca_qlora.params import load_section
 
@@ -35,7 +37,8 @@ def main() -> None:
 
     with atomic_directory(args.out) as staging:  # all three files appear together, or none
         write_outputs(staging, params, records, train, held_out, len(duplicates))
-    print(f"sample: {len(train)} train + {len(held_out)} eval records of {len(records)} from {params['source']}")
+    print(progress.summary(f"sample: wrote {args.out}/: {len(train)} train + {len(held_out)} eval records of "
+                           f"{len(records)} from {params['source']}"))
 
 
 def write_outputs(out: Path, params, records, train, held_out, duplicate_records: int) -> None:
@@ -51,4 +54,4 @@ def write_outputs(out: Path, params, records, train, held_out, duplicate_records
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

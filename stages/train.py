@@ -15,11 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-from alpaca_qlora import patches
+from alpaca_qlora import patches, progress
+from alpaca_qlora.errors import run_main
 from alpaca_qlora.files import file_sha256, read_json, read_jsonl
 from alpaca_qlora.modeling import backends
 from alpaca_qlora.modeling.adapter import AdapterMetadata, save_adapter
-from alpaca_qlora.params import load_section
+from alpaca_qlora.params import check_trainer_names, load_section
 from alpaca_qlora.provenance import device_description, git_revision, library_versions, peak_memory_gib
 from alpaca_qlora.training import launch
 from alpaca_qlora.training.checkpoints import CHECKPOINTS_DIR, checkpoint_step, run_key
@@ -35,9 +36,9 @@ def main() -> None:
     status = launch.setup_process(params["num_processes"], runtime["launcher"], "stages.train", sys.argv[1:])
     if status is not None:  # this process only launched the workers
         sys.exit(status)
-    backend = backends.get(params["backend"])  # imports Unsloth before transformers and TRL
+    backend = backends.get(params["backend"], model_name=model_params["name"])  # Unsloth before transformers, TRL
     from alpaca_qlora.training import trainer
-
+    check_trainer_names(params)  # transformers' optimizer and scheduler names, before minutes of model loading
     started = time.perf_counter()
     rows = read_jsonl(args.formatted / "train.jsonl")
     data = {"formatted_train_sha256": file_sha256(args.formatted / "train.jsonl"), "train_rows": len(rows)}
@@ -49,7 +50,6 @@ def main() -> None:
                                 runtime_params=runtime, checkpoint_dir=CHECKPOINTS_DIR / key, run_config={
                                     "params": {"model": model_params, "lora": lora_params, "train": params},
                                     "data": data})
-    steps = outcome.result.global_step
     if outcome.stopped_by_sigterm:  # a checkpoint was saved (trainer.train said where): exit as killed
         sys.exit(128 + signal.SIGTERM)
     if not outcome.is_main_process:
@@ -70,10 +70,11 @@ def main() -> None:
                  "real_tokens_per_s": round(outcome.real_tokens / seconds, 1), **peak_memory_gib()},
         libraries=library_versions()))
     shutil.rmtree(CHECKPOINTS_DIR / key, ignore_errors=True)  # the adapter is safe: its checkpoints are not
-    print(f"train: loss {outcome.result.training_loss:.4f}, {steps} steps, {seconds:.1f}s, "
-          f"{outcome.real_tokens / seconds:.0f} real tokens/s over {outcome.effective['num_processes']} "
-          f"process(es), effective batch {outcome.effective['effective_batch_size']} rows; adapter in {args.out}")
+    print(progress.summary(
+        f"train: loss {outcome.result.training_loss:.4f}, {outcome.result.global_step} steps, {seconds:.1f}s of "
+        f"training, {outcome.real_tokens / seconds:.0f} real tokens/s over {outcome.effective['num_processes']} "
+        f"process(es), effective batch {outcome.effective['effective_batch_size']} rows; wrote {args.out}/"))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -102,8 +102,9 @@ def test_dequantized_merge_computes_what_was_trained_and_an_original_weights_mer
 
 def test_pre_quantized_base_without_16bit_weights_is_refused(tmp_path):
     from alpaca_qlora.modeling.backends import load_for_merge
+    from alpaca_qlora.modeling.preflight import EnvironmentProblem
 
     (tmp_path / "config.json").write_text(json.dumps({
         "model_type": "mistral", "quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}}))
-    with pytest.raises(ValueError, match="pre-quantized checkpoint.*--base-weights dequantized"):
+    with pytest.raises(EnvironmentProblem, match="pre-quantized checkpoint.*--base-weights dequantized"):
         load_for_merge({"name": str(tmp_path), "load_in_4bit": True}, dequantize_4bit=False)

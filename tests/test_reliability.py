@@ -1,6 +1,6 @@
 """Bad input gets an error naming the file, key or record and the fix; outputs are all-or-nothing; checkpoints
 are used only when complete; models load from safetensors only; no secret is tracked. Fast unit tests: the
-same behaviours through the real `dvc` CLI are in tests/test_resume.py."""
+same behaviours through the real `dvc` CLI are in tests/test_errors.py and tests/test_resume.py."""
 from __future__ import annotations
 
 import errno
@@ -106,6 +106,69 @@ def test_unquoted_scientific_notation_is_a_number_and_security_default_is_off(tm
     assert load_section("runtime", path)["save_steps"] == 50
 
 
+def test_params_yaml_that_is_not_yaml_names_the_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("data:\n  fraction: [0.4\n  eval_size: 64\n")
+    with pytest.raises(ParamsError) as error:
+        read_yaml(path)
+    assert str(error.value).startswith(f"{path}:3: not valid YAML (while parsing a flow sequence from line 2: ")
+    assert str(error.value).endswith(f"; fix the indentation or quoting there (`git diff {path}` shows what changed)")
+
+
+def test_offline_workspace_with_a_bad_override_leaves_no_folder(tmp_path):
+    from alpaca_qlora.cli.offline_workspace import make_offline_workspace
+
+    with pytest.raises(ParamsError, match="key 'lora.r' must be a positive integer"):
+        make_offline_workspace(tmp_path / "ws", ["lora.r=0"])
+    with pytest.raises(ParamsError, match=r"override 'lora.target_modules=\[q_proj': the value is not valid YAML"):
+        make_offline_workspace(tmp_path / "ws", ["lora.target_modules=[q_proj"])
+    assert not (tmp_path / "ws").exists(), "no half-made workspace to be mistaken for one"
+
+
+# ---------------------------------------------------------------- adapters
+
+
+def write_adapter_folder(folder, *, leave_out=(), metadata="{}"):
+    folder.mkdir(parents=True)
+    for name in {"adapter_config.json", "adapter_model.safetensors", "metadata.json"} - set(leave_out):
+        (folder / name).write_text(metadata if name == "metadata.json" else "{}")
+    return folder
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp: tmp / "nothing", "{folder} does not exist; `dvc repro` trains one into models/adapter"),
+    (lambda tmp: (tmp / "file").write_text("x") and tmp / "file", "{folder} is a file, not an adapter folder"),
+    (lambda tmp: write_adapter_folder(tmp / "peft", leave_out=["metadata.json"]),
+     "{folder} is a PEFT adapter without metadata.json (which records the base model"),
+    (lambda tmp: write_adapter_folder(tmp / "pickled", leave_out=["adapter_model.safetensors"]),
+     "{folder}: no adapter_model.safetensors (only safetensors adapters are loaded, never a pickled"),
+    (lambda tmp: write_adapter_folder(tmp / "broken", metadata="{"),
+     "{folder}/metadata.json: not valid JSON (Expecting property name"),
+    (lambda tmp: write_adapter_folder(tmp / "old", metadata='{"base_model": "x"}'),
+     "{folder}/metadata.json: no backend, params"),
+])
+def test_a_folder_that_is_not_a_usable_adapter_is_said_to_be_what_it_is(tmp_path, make, message):
+    from alpaca_qlora.modeling.adapter import AdapterError, AdapterMetadata
+
+    folder = make(tmp_path)
+    with pytest.raises(AdapterError) as error:
+        AdapterMetadata.read(folder)
+    assert message.format(folder=folder) in str(error.value)
+
+
+def test_a_merged_model_folder_is_checked_before_the_converter_is_fetched(tmp_path):
+    from alpaca_qlora.cli.gguf_export import export_gguf
+    from alpaca_qlora.errors import UserError
+
+    with pytest.raises(UserError, match="does not exist; make it first: python -m alpaca_qlora.cli.merge"):
+        export_gguf(tmp_path / "merged", tmp_path / "model.gguf", converter_dir=tmp_path / "never")
+    (tmp_path / "merged").mkdir()
+    (tmp_path / "merged" / "config.json").write_text("{}")
+    with pytest.raises(UserError, match=r"is not a merged model \(no config.json or no \*.safetensors\)"):
+        export_gguf(tmp_path / "merged", tmp_path / "model.gguf", converter_dir=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+
+
 # ---------------------------------------------------------------- environment
 
 def test_unsloth_with_a_gpu_model_and_no_cuda_points_to_the_offline_profile_or_hf():
@@ -159,8 +222,8 @@ def test_target_module_missing_from_the_model_is_named_with_the_real_ones(tiny_m
     with pytest.raises(EnvironmentProblem) as error:
         check_target_modules(tiny_model, ["q_proj", "qkv_proj"], "offline:tiny-mistral")
     assert str(error.value) == (
-        "params.yaml: lora.target_modules lists 'qkv_proj', not a linear layer of model 'offline:tiny-mistral'. "
-        "Its linear layers are: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj.")
+        "params.yaml: lora.target_modules lists 'qkv_proj', not a linear layer of model 'offline:tiny-mistral'; "
+        "list only its linear layers: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj")
     check_target_modules(tiny_model, committed("lora")["target_modules"], "offline:tiny-mistral")
 
 
@@ -349,6 +412,7 @@ def test_sample_stage_warns_about_duplicates_counts_them_and_keeps_them(offline_
                           env=cli_env(), check=True, capture_output=True, text=True)
     assert (f"sample: warning: 13 duplicate record(s) in {source}, kept and counted in stats.json "
             f"({source}:8 repeats {source}:1;") in done.stdout
+    assert done.stderr == "", "a warning, not an error: nothing on stderr"
     stats = json.loads((workspace / "data/sampled/stats.json").read_text())
     assert stats["duplicate_records"] == 13 and stats["source_records"] == 20 and stats["train_records"] == 10
     assert sorted(p.name for p in (workspace / "data").iterdir() if p.name.startswith(".")) == []

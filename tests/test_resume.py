@@ -1,6 +1,6 @@
 """Through the real `dvc` CLI on the offline profile: a killed train stage resumes where it stopped and ends
-with the very adapter an uninterrupted run gives; a failing stage exits non-zero, leaves nothing half
-written, and the previous outputs stay restorable; the same seed trains the same adapter."""
+with the very adapter an uninterrupted run gives; the same seed trains the same adapter. (A stage failing on
+a mistake leaves nothing half written and the previous outputs restorable: tests/test_errors.py.)"""
 from __future__ import annotations
 
 import json
@@ -11,11 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from alpaca_qlora.training.checkpoints import is_complete
 from alpaca_qlora.files import file_sha256
-from alpaca_qlora.cli.offline_workspace import overlay_params, parse_override
 from tests.conftest import cli_env, run_dvc, stages_run
 
 ADAPTER = "models/adapter/adapter_model.safetensors"
@@ -80,39 +77,3 @@ def test_killed_training_resumes_from_the_last_complete_checkpoint(offline_works
     assert (workspace / curve).read_text() == (reproduced_workspace / curve).read_text(), \
         "the curve of the resumed run has all 100 steps, equal to the uninterrupted run's"
     assert run_dvc(workspace, "status").strip() == "Data and pipelines are up to date."
-
-
-def write_bad_jsonl(workspace: Path) -> str:
-    path = workspace / "build" / "bad.jsonl"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text('{"instruction": "a", "input": "", "output": "b"}\n{"instruction": "c", "input": ""}\n')
-    return f"data.source={path}"
-
-
-@pytest.mark.parametrize("override, failing, message", [
-    (write_bad_jsonl, "sample", "bad.jsonl:2: field 'output' must be a non-empty string, got None"),
-    (lambda _: "data.fraction=0.99", "sample", "fewer than data.eval_size=64; lower one of them"),
-    (lambda _: "model.name=unsloth/mistral-7b-instruct-v0.2-bnb-4bit", "format",
-     "model.name='unsloth/mistral-7b-instruct-v0.2-bnb-4bit' is not in the local Hugging Face cache, and "
-     "HF_HUB_OFFLINE=1 forbids downloading it"),
-    (lambda _: "lora.target_modules=[q_proj, qkv_proj]", "train",
-     "lora.target_modules lists 'qkv_proj', not a linear layer of model 'offline:tiny-mistral'. Its linear "
-     "layers are: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj."),
-])
-def test_failing_stage_leaves_nothing_partial_and_previous_outputs_restore(workspace_copy, override, failing,
-                                                                          message):
-    before = {path: file_sha256(workspace_copy / path) for path in
-              (ADAPTER, "data/sampled/train.jsonl", "data/formatted/train.jsonl", "reports/metrics.json")}
-    overlay_params(workspace_copy / "params.yaml", [parse_override(override(workspace_copy))])
-    done = subprocess.run(["dvc", "repro"], cwd=workspace_copy, env=cli_env(), capture_output=True, text=True)
-    output = done.stdout + done.stderr
-    assert done.returncode != 0 and stages_run(output)[-1] == failing, output
-    assert message in output
-    assert f"failed to reproduce '{failing}'" in output
-    leftovers = [str(p) for p in workspace_copy.glob("**/.*.partial")]
-    assert leftovers == [], "no half-written output or temporary is left behind"
-
-    subprocess.run(["git", "checkout", "params.yaml"], cwd=workspace_copy, check=True)
-    run_dvc(workspace_copy, "checkout")
-    assert run_dvc(workspace_copy, "status").strip() == "Data and pipelines are up to date."
-    assert {path: file_sha256(workspace_copy / path) for path in before} == before

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from alpaca_qlora import progress
+from alpaca_qlora.errors import run_main
 from alpaca_qlora.modeling import inference
 from alpaca_qlora.modeling.adapter import AdapterMetadata
 
@@ -55,6 +57,7 @@ def load_adapter_for_inference(adapter_dir: Path, backend_name: str = "auto"):
     and its template."""
     metadata = AdapterMetadata.read(adapter_dir)
     path = inference.resolve(backend_name)
+    progress.note(f"generate: loading {metadata.base_model} ({path}) and the adapter {adapter_dir}")
     model, tokenizer = inference.load(path, metadata.model_params, adapter_dir)
     return model, tokenizer, metadata.prompt_renderer(), path
 
@@ -99,4 +102,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -13,13 +13,18 @@ K-quants such as Q4_K_M need llama.cpp's compiled `llama-quantize`; docs/using-t
 from __future__ import annotations
 
 import argparse
+import collections
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
+from alpaca_qlora import progress
+from alpaca_qlora.errors import UserError, run_main
 
 # The llama-cpp-python release whose vendored llama.cpp converter was checked against our merged models
 # (tests/test_gguf.py). A newer one may need a newer transformers; change it deliberately.
@@ -35,10 +40,13 @@ def converter(root: Path = CONVERTER_DIR) -> Path:
     if script.is_file() and (root / "gguf-py" / "gguf").is_dir() and (root / "conversion").is_dir():
         return script
     with tempfile.TemporaryDirectory() as scratch:
+        progress.note(f"gguf: fetching llama.cpp's converter once, from the {LLAMA_CPP_PYTHON} sdist on PyPI (~77 MB)")
         done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                                "--dest", scratch, LLAMA_CPP_PYTHON], capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"pip download {LLAMA_CPP_PYTHON} failed (is PyPI reachable?):\n{done.stderr[-2000:]}")
+            reason = [line for line in done.stderr.splitlines() if line.strip()][-1:] or ["no output"]
+            raise UserError(f"pip download {LLAMA_CPP_PYTHON} failed ({reason[0].strip()}); connect to PyPI (or set "
+                            f"PIP_INDEX_URL to a mirror), or copy a fetched {root} here from a machine that has it")
         (sdist,) = Path(scratch).glob("*.tar.gz")
         staging = Path(scratch) / "converter"
         with tarfile.open(sdist) as archive:
@@ -61,18 +69,68 @@ def export_gguf(merged_dir: Path, out_file: Path, *, outtype: str = "q8_0",
     """Convert a merged transformers folder (safetensors + tokenizer) to one GGUF file."""
     if outtype not in OUTTYPES:
         raise ValueError(f"--outtype must be one of {', '.join(OUTTYPES)} (K-quants: see docs/using-the-adapter.md), got {outtype!r}")
-    if not (merged_dir / "config.json").is_file() or (merged_dir / "adapter_config.json").is_file():
-        raise ValueError(f"{merged_dir} is not a merged model: run python -m alpaca_qlora.cli.merge --out {merged_dir}"
-                         " first (GGUF needs the full weights, not an adapter)")
+    check_merged_folder(merged_dir)
+    if out_file.is_dir():
+        raise UserError(f"--out {out_file} is a directory; give the .gguf file to write, e.g. {out_file}/model.gguf")
     script = converter(converter_dir)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(script.parent / "gguf-py"), str(script.parent)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    done = subprocess.run([sys.executable, str(script), str(merged_dir), "--outfile", str(out_file),
-                           "--outtype", outtype], env=env, capture_output=True, text=True)
-    if done.returncode != 0 or not out_file.is_file():
-        raise RuntimeError(f"convert_hf_to_gguf.py failed on {merged_dir}:\n{done.stderr[-3000:]}")
+    status, output = run_converter([sys.executable, str(script), str(merged_dir), "--outfile", str(out_file),
+                                    "--outtype", outtype], env, tensors=tensor_count(merged_dir))
+    if status != 0 or not out_file.is_file():
+        raise RuntimeError(f"convert_hf_to_gguf.py failed on {merged_dir}:\n{output}")
     return out_file
+
+
+def check_merged_folder(merged_dir: Path) -> None:
+    """A folder of full weights written by alpaca_qlora.cli.merge; anything else is said to be what it is."""
+    merge = f"python -m alpaca_qlora.cli.merge --adapter models/adapter --out {merged_dir}"
+    if not merged_dir.exists():
+        raise UserError(f"--merged {merged_dir} does not exist; make it first: {merge}")
+    if not merged_dir.is_dir():
+        raise UserError(f"--merged {merged_dir} is a file, not a model folder; give the folder that {merge} writes")
+    if (merged_dir / "adapter_config.json").is_file():
+        raise UserError(f"--merged {merged_dir} is an adapter, not a merged model (GGUF needs the full weights); "
+                        f"merge it first: python -m alpaca_qlora.cli.merge --adapter {merged_dir} --out build/merged")
+    if not (merged_dir / "config.json").is_file() or not any(merged_dir.glob("*.safetensors")):
+        raise UserError(f"--merged {merged_dir} is not a merged model (no config.json or no *.safetensors); make it "
+                        f"with: {merge}")
+
+
+def tensor_count(merged_dir: Path) -> int:
+    from safetensors import safe_open
+
+    count = 0
+    for path in merged_dir.glob("*.safetensors"):
+        with safe_open(str(path), "np") as weights:
+            count += len(list(weights.keys()))
+    return count
+
+
+def run_converter(command: list[str], env: dict[str, str], *, tensors: int) -> tuple[int, str]:
+    """Run llama.cpp's converter; its log line per tensor, then its own "Writing" bar, drive our bars.
+
+    Returns the exit status and the last lines of its output (for the error when it fails).
+    """
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    converting = progress.bar(desc="gguf: converting", total=tensors, unit="tensor")
+    writing = None
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace") as process:
+        for line in process.stdout:  # text mode splits on the \r of the converter's bar as well
+            tail.append(line.rstrip())
+            if " --> " in line:  # "INFO:hf-to-gguf:blk.0.attn_q.weight, torch.bfloat16 --> Q8_0, shape = ..."
+                converting.update(1)
+            elif (percent := re.match(r"Writing:\s+(\d+)%", line)) is not None:
+                if writing is None:
+                    converting.close()
+                    writing = progress.bar(desc="gguf: writing", total=100, unit="%")
+                writing.update(int(percent.group(1)) - writing.n)
+    converting.close()
+    if writing is not None:
+        writing.close()
+    return process.returncode, "\n".join(tail)
 
 
 def main() -> None:
@@ -81,8 +139,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--outtype", default="q8_0", choices=OUTTYPES)
     args = parser.parse_args()
-    print(f"gguf: {export_gguf(args.merged, args.out, outtype=args.outtype)}")
+    print(progress.summary(f"gguf: wrote {export_gguf(args.merged, args.out, outtype=args.outtype)} "
+                           f"({args.outtype}) from {args.merged}"))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

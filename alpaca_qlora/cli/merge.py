@@ -28,6 +28,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from alpaca_qlora import progress
+from alpaca_qlora.errors import UserError, run_main
 from alpaca_qlora.files import write_json
 from alpaca_qlora.modeling import backends
 from alpaca_qlora.modeling.adapter import AdapterMetadata
@@ -43,10 +45,12 @@ def merge_adapter(adapter_dir: Path, out_dir: Path, *, base_weights: str | None 
     The merge runs in the compute dtype (float32 on a CPU, bfloat16 on a recent GPU) and the result is
     cast to `save_dtype` once at the end.
     """
+    model_params = AdapterMetadata.read(adapter_dir).model_params  # a wrong folder fails before torch loads
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file; give the folder to write the merged model to")
     import torch
     from transformers import AutoTokenizer
 
-    model_params = AdapterMetadata.read(adapter_dir).model_params
     if base_weights is None:
         base_weights = "dequantized" if model_params["load_in_4bit"] else "original"
     if base_weights not in BASE_WEIGHTS:
@@ -56,13 +60,15 @@ def merge_adapter(adapter_dir: Path, out_dir: Path, *, base_weights: str | None 
     if base:
         model_params["name"] = base
 
+    progress.note(f"merge: loading {model_params['name']} ({base_weights} weights)")
     model, _ = backends.load_for_merge(model_params, dequantize_4bit=base_weights == "dequantized")
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))  # the one training used, pad token included
     # attach_adapter: the same safetensors-only loading as evaluation and generation.
-    merged = backends.HF().attach_adapter(model, adapter_dir).merge_and_unload()
+    merged = backends.HF().attach_adapter(model, adapter_dir).merge_and_unload(progressbar=progress.bars_shown())
     merged = merged.to(getattr(torch, save_dtype))
     merged.config.dtype = getattr(torch, save_dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
+    progress.note(f"merge: saving {merged.num_parameters() * merged.dtype.itemsize / 1e9:.1f} GB to {out_dir}")
     merged.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))
     summary = {"adapter": str(adapter_dir), "base_model": model_params["name"], "base_weights": base_weights,
@@ -84,9 +90,9 @@ def main() -> None:
     args = parser.parse_args()
     summary = merge_adapter(args.adapter, args.out, base_weights=args.base_weights, base=args.base,
                             save_dtype=args.dtype)
-    print(f"merge: {summary['base_model']} ({summary['base_weights']} weights) + {args.adapter} -> {args.out} "
-          f"({summary['dtype']} safetensors + tokenizer)")
+    print(progress.summary(f"merge: {summary['base_model']} ({summary['base_weights']} weights) + {args.adapter} "
+                           f"-> {args.out} ({summary['dtype']} safetensors + tokenizer)"))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
+from alpaca_qlora.errors import UserError, run_main
 from alpaca_qlora.params import SCHEMA, ParamsError, read_yaml, validate_section
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -30,8 +32,12 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     dotted, raw = text.split("=", 1)
     section, key = dotted.split(".", 1)
     if section not in SCHEMA or key not in SCHEMA[section]:
-        raise ParamsError(f"override {text!r}: unknown key '{dotted}'")
-    return section, key, YAML(typ="safe", pure=True).load(raw) if raw.strip() else ""
+        raise ParamsError(f"override {text!r}: unknown key '{dotted}'; the keys are those of params.yaml")
+    try:
+        return section, key, YAML(typ="safe", pure=True).load(raw) if raw.strip() else ""
+    except YAMLError as error:
+        raise ParamsError(f"override {text!r}: the value is not valid YAML ({getattr(error, 'problem', error)}); "
+                          "quote it, e.g. --set 'lora.target_modules=[q_proj, v_proj]'") from None
 
 
 def overlay_params(params_path: Path, overrides: list[tuple[str, str, Any]]) -> None:
@@ -56,12 +62,22 @@ def repository_files(root: Path) -> list[str]:
 
 def make_offline_workspace(destination: Path, overrides: list[str] = (), *, source: Path = REPO_ROOT,
                            force: bool = False) -> Path:
-    destination = destination.resolve()
+    given, destination = destination, destination.resolve()
+    parsed = [parse_override(text) for text in overrides]  # a mistyped key fails before anything is copied
     if destination.exists():
         if not force:
-            raise FileExistsError(f"{destination} exists; pass --force to replace it")
+            raise UserError(f"{given} exists; pass --force to replace it, or choose another folder")
         shutil.rmtree(destination)
     destination.mkdir(parents=True)
+    try:
+        fill_workspace(destination, source, parsed)
+    except BaseException:  # a bad value, a full disk: no half-made workspace is left to be mistaken for one
+        shutil.rmtree(destination, ignore_errors=True)
+        raise
+    return destination
+
+
+def fill_workspace(destination: Path, source: Path, overrides: list[tuple[str, str, Any]]) -> None:
     for relative in repository_files(source):
         target = destination / relative
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -70,13 +86,12 @@ def make_offline_workspace(destination: Path, overrides: list[str] = (), *, sour
     (destination / "dvc.lock").unlink(missing_ok=True)
     profile = [(section, key, value) for section, values in read_yaml(source / PROFILE).items()
                for key, value in values.items()]
-    overlay_params(destination / "params.yaml", profile + [parse_override(text) for text in overrides])
+    overlay_params(destination / "params.yaml", profile + overrides)
     git = ["git", "-c", "user.name=offline-workspace", "-c", "user.email=offline@localhost",
            "-c", "commit.gpgsign=false"]
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=destination, check=True)
     subprocess.run(git + ["add", "-A"], cwd=destination, check=True)
     subprocess.run(git + ["commit", "-q", "-m", "Offline profile workspace"], cwd=destination, check=True)
-    return destination
 
 
 def main() -> None:
@@ -89,4 +104,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

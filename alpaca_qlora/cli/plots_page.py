@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from alpaca_qlora.errors import run_main
+
 # Vega-Lite 5 matches the "$schema" of DVC's templates (vega-lite/v5.json).
 VEGA_LITE_VERSION = "5.21"
 
@@ -70,4 +72,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

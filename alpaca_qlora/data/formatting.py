@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 
 from alpaca_qlora.data.template import PromptTemplate
+from alpaca_qlora.errors import UserError
 
 
-class TooLongError(ValueError):
-    """A row longer than model.max_seq_length under format.too_long = "error"."""
+class TooLongError(UserError, ValueError):
+    """A row longer than model.max_seq_length under format.too_long = "error", or no row left after dropping."""
 
 
 @dataclass
@@ -65,7 +66,8 @@ def format_records(records: list[dict[str, Any]], *, tokenizer, template: Prompt
             room = max_seq_length - len(prompt_ids) - 1  # response tokens that fit before EOS
             where = f"record id {record['id']} ({full_length} tokens > model.max_seq_length={max_seq_length})"
             if too_long == "error":
-                raise TooLongError(f"{where}; set format.too_long to truncate or drop, or raise max_seq_length")
+                raise TooLongError(f"{where}; set format.too_long to truncate or drop, or raise "
+                                   "model.max_seq_length")
             if too_long == "drop" or room < 1:
                 report.dropped_ids.append(record["id"])
                 continue

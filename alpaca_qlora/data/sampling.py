@@ -9,6 +9,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from alpaca_qlora import progress
 from alpaca_qlora.data.records import DataError
 from alpaca_qlora.files import canonical_json
 
@@ -21,7 +22,8 @@ def find_duplicates(records: list[dict[str, str]], where: list[str]) -> list[tup
     """
     first_seen: dict[str, str] = {}
     repeats = []
-    for record, location in zip(records, where):
+    for record, location in progress.bar(zip(records, where), desc="sample: finding duplicates", total=len(records),
+                                         unit="record", unit_scale=True):
         key = canonical_json(record)
         if key in first_seen:
             repeats.append((location, first_seen[key]))
@@ -33,7 +35,7 @@ def find_duplicates(records: list[dict[str, str]], where: list[str]) -> list[tup
 def fingerprint(records: Iterable[dict[str, Any]]) -> str:
     """sha256 over the canonical JSON of the records, in order: same content, same hash, any machine."""
     digest = hashlib.sha256()
-    for record in records:
+    for record in progress.bar(records, desc="sample: fingerprinting", unit="record", unit_scale=True):
         digest.update(canonical_json(record).encode("utf-8"))
         digest.update(b"\n")
     return digest.hexdigest()
@@ -49,7 +51,7 @@ def sample_indices(total: int, *, fraction: float, eval_size: int, seed: int) ->
     """
     train_size = max(1, round(fraction * total))
     if train_size + eval_size > total:
-        raise DataError(f"data.fraction={fraction} leaves {total - train_size} of {total} records outside the "
-                        f"sample, fewer than data.eval_size={eval_size}; lower one of them")
+        raise DataError(f"params.yaml: data.fraction={fraction} leaves {total - train_size} of {total} records "
+                        f"outside the sample, fewer than data.eval_size={eval_size}; lower one of them")
     order = np.random.Generator(np.random.PCG64(seed)).permutation(total).tolist()
     return order[:train_size], order[train_size:train_size + eval_size]

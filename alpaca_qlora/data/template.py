@@ -9,8 +9,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from alpaca_qlora.errors import UserError
+
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
 REQUIRED_KEYS = ("prompt_input", "prompt_no_input", "response_marker")
+
+
+class TemplateError(UserError, ValueError):
+    """A template named in params.yaml that is missing, or a template file that cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -23,13 +29,19 @@ class PromptTemplate:
     @classmethod
     def load(cls, name: str, directory: Path = TEMPLATES_DIR) -> "PromptTemplate":
         path = directory / f"{name}.json"
+        shown = path.relative_to(directory.parent) if directory.is_absolute() else path  # stable in messages
         if not path.is_file():
             known = ", ".join(sorted(p.stem for p in directory.glob("*.json")))
-            raise ValueError(f"format.template: {path} does not exist (known templates: {known})")
-        spec = json.loads(path.read_text(encoding="utf-8"))
-        missing = [key for key in REQUIRED_KEYS if key not in spec]
+            raise TemplateError(f"params.yaml: format.template={name!r}: {shown} does not exist; set it to one of "
+                                f"the templates in {directory.name}/ ({known}), or add {shown}")
+        try:
+            spec = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise TemplateError(f"{shown}: not valid UTF-8 JSON ({error}); fix it") from None
+        missing = [key for key in REQUIRED_KEYS if not isinstance(spec, dict) or key not in spec]
         if missing:
-            raise ValueError(f"{path}: missing key(s) {', '.join(missing)}")
+            raise TemplateError(f"{shown}: missing key(s) {', '.join(missing)}; a template needs "
+                                f"{', '.join(REQUIRED_KEYS)}")
         return cls.from_dict({**spec, "name": name})
 
     @classmethod

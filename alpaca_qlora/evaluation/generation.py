@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from alpaca_qlora import progress
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -59,7 +61,7 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     started = time.perf_counter()
     try:
-        for start in range(0, len(order), batch_size):
+        for start in progress.bar(range(0, len(order), batch_size), desc="generating", unit="batch"):
             batch = order[start:start + batch_size]
             encoded = tokenizer([prompts[index] for index in batch], return_tensors="pt", padding=True,
                                 add_special_tokens=True).to(device)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from alpaca_qlora import progress
+
 
 def heldout_loss(model, rows: list[dict[str, Any]], *, batch_size: int, pad_token_id: int) -> dict[str, float]:
     """Token-weighted mean NLL of the responses (EOS included) given their prompts, and its perplexity.
@@ -16,7 +18,7 @@ def heldout_loss(model, rows: list[dict[str, Any]], *, batch_size: int, pad_toke
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
     with torch.no_grad():
-        for start in range(0, len(rows), batch_size):
+        for start in progress.bar(range(0, len(rows), batch_size), desc="evaluate: held-out loss", unit="batch"):
             batch = rows[start:start + batch_size]
             width = max(len(r["input_ids"]) for r in batch)
             input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)

@@ -12,12 +12,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from alpaca_qlora.data.template import PromptTemplate
+from alpaca_qlora.errors import UserError
 from alpaca_qlora.files import atomic_directory, read_json, write_json
 
 METADATA_FILE = "metadata.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+CONFIG_FILE = "adapter_config.json"
+MAKE_ONE = "`dvc repro` trains one into models/adapter, `dvc pull models/adapter` fetches the team's"
 
 
-class AdapterError(ValueError):
+class AdapterError(UserError, ValueError):
     """A folder that is not a usable adapter written by the train stage."""
 
 
@@ -54,16 +58,39 @@ class AdapterMetadata:
 
     @classmethod
     def read(cls, adapter_dir: Path) -> "AdapterMetadata":
-        path = Path(adapter_dir) / METADATA_FILE
-        if not path.is_file():
-            raise AdapterError(f"{path} not found: the adapter must be a folder written by the train stage "
-                               "(models/adapter), which records the base model, template and params it was "
-                               "trained with")
-        found = read_json(path)
-        missing = [field.name for field in fields(cls) if field.name not in found]
+        """The metadata of an adapter folder, after checking that it is one (check_adapter_folder)."""
+        path = check_adapter_folder(adapter_dir) / METADATA_FILE
+        try:
+            found = read_json(path)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise AdapterError(f"{path}: not valid JSON ({error}); restore the folder (`dvc checkout "
+                               "models/adapter`) or retrain") from None
+        missing = [field.name for field in fields(cls) if not isinstance(found, dict) or field.name not in found]
         if missing:
             raise AdapterError(f"{path}: no {', '.join(missing)} recorded; retrain with the current train stage")
         return cls(**{field.name: found[field.name] for field in fields(cls)})
+
+
+def check_adapter_folder(adapter_dir: Path) -> Path:
+    """`adapter_dir` as a Path if it is a complete adapter folder of the train stage; else say what it is."""
+    folder = Path(adapter_dir)
+    if not folder.exists():
+        raise AdapterError(f"{folder} does not exist; {MAKE_ONE}")
+    if not folder.is_dir():
+        raise AdapterError(f"{folder} is a file, not an adapter folder; give the folder the train stage writes "
+                           "(models/adapter)")
+    if (folder / "config.json").is_file() and not (folder / CONFIG_FILE).is_file():
+        raise AdapterError(f"{folder} is a full model (config.json, no {CONFIG_FILE}), not an adapter; give the "
+                           "adapter folder (models/adapter)")
+    if not (folder / METADATA_FILE).is_file():
+        what = "a PEFT adapter without" if (folder / CONFIG_FILE).is_file() else "not an adapter folder: no"
+        raise AdapterError(f"{folder} is {what} {METADATA_FILE} (which records the base model, template and params "
+                           f"it was trained with); give a folder written by the train stage: {MAKE_ONE}")
+    missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise AdapterError(f"{folder}: no {' or '.join(missing)} (only safetensors adapters are loaded, never a "
+                           f"pickled adapter_model.bin); {MAKE_ONE}")
+    return folder
 
 
 def save_adapter(out: Path, model, tokenizer, metadata: AdapterMetadata) -> None:

@@ -17,16 +17,23 @@ import os
 from pathlib import Path
 from typing import Any
 
+from alpaca_qlora.modeling.adapter import check_adapter_folder
 from alpaca_qlora.modeling.offline_models import resolve_model_path
-from alpaca_qlora.modeling.preflight import check_before_loading, check_target_modules
+from alpaca_qlora.modeling.preflight import (EnvironmentProblem, check_backend_device, check_before_loading,
+                                             check_model_reachable, check_target_modules)
 from alpaca_qlora.modeling.tokenizer import ensure_pad_token
 
 NAMES = ("unsloth", "hf")
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-def get(name: str) -> "Backend":
-    """The backend called `name` (train.backend). For "unsloth", Unsloth is imported here, first."""
+def get(name: str, *, model_name: str | None = None) -> "Backend":
+    """The backend called `name` (train.backend). For "unsloth", Unsloth is imported here, first.
+
+    With `model_name`, this machine is first checked to be able to run it (check_backend_device), before
+    the seconds that importing Unsloth takes.
+    """
+    if model_name is not None:
+        check_backend_device(name, model_name)
     if name == "unsloth":
         import unsloth  # noqa: F401  (patches transformers, peft and TRL: must come before them)
 
@@ -72,10 +79,7 @@ class Backend:
         """
         from peft import PeftModel
 
-        if not (Path(adapter_dir) / ADAPTER_WEIGHTS).is_file():
-            raise FileNotFoundError(f"{adapter_dir}/{ADAPTER_WEIGHTS} not found: only safetensors adapters are "
-                                    "loaded (never a pickled adapter_model.bin); rerun the train stage")
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        model = PeftModel.from_pretrained(model, str(check_adapter_folder(adapter_dir)))
         self._inference_mode(model)
         return model
 
@@ -160,11 +164,12 @@ def load_for_merge(model_params: dict[str, Any], *, dequantize_4bit: bool):
     """
     from transformers import AutoConfig
 
+    check_model_reachable(model_params["name"])
     path = resolve_model_path(model_params)
     if dequantize_4bit:
         model, tokenizer = load_transformers_model(path, {**model_params, "load_in_4bit": True})
         return model.dequantize(dtype=compute_dtype()), tokenizer
     if getattr(AutoConfig.from_pretrained(path), "quantization_config", None):
-        raise ValueError(f"model.name {model_params['name']!r} is a pre-quantized checkpoint with no 16-bit "
-                         "weights: merge with --base-weights dequantized, or name its 16-bit original with --base")
+        raise EnvironmentProblem(f"{model_params['name']!r} is a pre-quantized checkpoint with no 16-bit weights; "
+                                 "merge with --base-weights dequantized, or name its 16-bit original with --base")
     return load_transformers_model(path, {**model_params, "load_in_4bit": False})

@@ -12,6 +12,9 @@ import os
 import shutil
 from pathlib import Path
 
+from alpaca_qlora.errors import UserError
+from alpaca_qlora.params import ParamsError
+
 OFFLINE_PREFIX = "offline:"
 OFFLINE_MODELS_DIR = Path("build") / "offline-models"
 
@@ -34,8 +37,8 @@ def mistral_tokenizer_file() -> Path:
 
     path = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the installed mistral-common does not ship the v1 "
-                                "tokenizer; install the version pinned in requirements.txt")
+        raise UserError(f"{path} not found: the installed mistral-common does not ship the v1 tokenizer; "
+                        "install the version pinned in requirements.txt (`make install`)")
     return path
 
 
@@ -46,8 +49,8 @@ def build_offline_model(name: str, *, seed: int, root: Path = OFFLINE_MODELS_DIR
     """
     preset = name[len(OFFLINE_PREFIX):]
     if preset not in PRESETS:
-        raise ValueError(f"model.name: unknown offline model '{name}'; known: "
-                         + ", ".join(OFFLINE_PREFIX + p for p in PRESETS))
+        raise ParamsError(f"params.yaml: model.name={name!r} is not an offline model; use one of "
+                          + ", ".join(OFFLINE_PREFIX + p for p in PRESETS))
     target = root / f"{preset}-seed{seed}"
     if (target / "config.json").is_file() and (target / "tokenizer.model").is_file():
         return target

@@ -8,12 +8,17 @@ from alpaca_qlora.modeling.offline_models import resolve_model_path
 
 def load_tokenizer(model_params: dict[str, Any]):
     """The tokenizer of `model.name` (hub id, local directory or offline:<preset>), padded safely."""
-    from transformers import AutoTokenizer
-
-    from alpaca_qlora.modeling.preflight import check_model_reachable
+    from alpaca_qlora.modeling.preflight import EnvironmentProblem, check_model_reachable
 
     check_model_reachable(model_params["name"])  # name the id and HF_HUB_OFFLINE, not a hub stack trace
-    return ensure_pad_token(AutoTokenizer.from_pretrained(resolve_model_path(model_params)))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model_params))
+    if tokenizer.eos_token_id is None:
+        raise EnvironmentProblem(f"params.yaml: model.name={model_params['name']!r} has a tokenizer without an EOS "
+                                 "token, so rows could never teach the model to stop; use a model whose tokenizer "
+                                 "defines eos_token")
+    return ensure_pad_token(tokenizer)
 
 
 def ensure_pad_token(tokenizer):
@@ -24,7 +29,10 @@ def ensure_pad_token(tokenizer):
     """
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         if tokenizer.unk_token is None:
-            raise ValueError("the tokenizer has neither a pad token nor an unk token to pad with")
+            from alpaca_qlora.modeling.preflight import EnvironmentProblem
+
+            raise EnvironmentProblem(f"the tokenizer of {tokenizer.name_or_path!r} has neither a pad token nor an "
+                                     "unk token to pad with; use a model whose tokenizer defines one of them")
         tokenizer.pad_token = tokenizer.unk_token
     tokenizer.padding_side = "right"
     return tokenizer

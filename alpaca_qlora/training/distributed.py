@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Sequence
 
-from alpaca_qlora.training.launch import LaunchError, rank
+from alpaca_qlora.training.launch import rank
 
 # Debug / benchmark hook: a folder where each rank appends what it trained on, and when (see record_batch).
 BATCH_LOG_ENV = "ALPACA_QLORA_BATCH_LOG"
@@ -40,8 +40,8 @@ def pad_to_even_shards(dataset, *, rows_per_device_batch: int, num_processes: in
     for name in set(dataset.column_names) - set(neutral):
         # Another per-token column (a library's mask): 0 is "not trained" for every mask.
         if not isinstance(first[name], list) or len(first[name]) != len(first["input_ids"]):
-            raise LaunchError(f"train: cannot make a neutral filler row for column '{name}' of the prepared "
-                              "training set; alpaca_qlora/training/distributed.py pad_to_even_shards must learn it")
+            raise RuntimeError(f"train: cannot make a neutral filler row for column '{name}' of the prepared "
+                               "training set; alpaca_qlora/training/distributed.py pad_to_even_shards must learn it")
         neutral[name] = [0]
     filler = Dataset.from_dict({name: [neutral[name]] * missing for name in dataset.column_names},
                                features=dataset.features)

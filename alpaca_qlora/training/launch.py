@@ -23,6 +23,8 @@ import subprocess
 import sys
 from typing import Mapping, MutableMapping, Sequence
 
+from alpaca_qlora.errors import UserError
+
 LAUNCHERS = ("torchrun", "accelerate")
 # Variables through which torchrun itself reads its multi-node flags; any of them means "not standalone".
 RENDEZVOUS_ENV = ("PET_NNODES", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT", "PET_RDZV_BACKEND",
@@ -31,7 +33,7 @@ RENDEZVOUS_ENV = ("PET_NNODES", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_
 WORKER_ENV = ("LOCAL_RANK", "WORLD_SIZE")
 
 
-class LaunchError(RuntimeError):
+class LaunchError(UserError, RuntimeError):
     """A data-parallel setting that cannot run as asked; the message says which param or variable to change."""
 
 
@@ -90,7 +92,7 @@ def check_worker(num_processes: int, environ: Mapping[str, str] = os.environ) ->
     if local != num_processes:
         raise LaunchError(
             f"params.yaml: train.num_processes is {num_processes}, but this stage was launched with "
-            f"{local} processes on this node (LOCAL_WORLD_SIZE={local}). Set train.num_processes={local}, "
+            f"{local} processes on this node (LOCAL_WORLD_SIZE={local}); set train.num_processes={local}, "
             "or run the stage plainly (`dvc repro`) and let it launch itself.")
 
 
@@ -108,14 +110,14 @@ def launch_command(num_processes: int, launcher: str, module: str, module_args: 
     if not on_gpu:
         raise LaunchError(
             "params.yaml: runtime.launcher is 'accelerate', but there is no GPU: `accelerate launch` starts "
-            "several CPU processes only through MPI. Use runtime.launcher=torchrun on a CPU (gloo backend).")
+            "several CPU processes only through MPI; use runtime.launcher=torchrun on a CPU (gloo backend)")
     nodes = int(environ.get("PET_NNODES", "1"))
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                "--num_processes", str(num_processes * nodes), "--num_machines", str(nodes)]
     if nodes > 1:
         missing = [name for name in ("PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT") if name not in environ]
         if missing:
-            raise LaunchError(f"PET_NNODES={nodes} needs {', '.join(missing)} set on every node "
+            raise LaunchError(f"PET_NNODES={nodes} needs {', '.join(missing)} set on every node; set them "
                               "(README.md, 'Scaling out')")
         command += ["--machine_rank", environ["PET_NODE_RANK"], "--main_process_ip", environ["PET_MASTER_ADDR"],
                     "--main_process_port", environ["PET_MASTER_PORT"]]

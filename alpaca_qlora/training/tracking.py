@@ -11,6 +11,8 @@ import os
 import socket
 from urllib.parse import urlparse
 
+from alpaca_qlora.errors import UserError
+
 TRAIN_LOG_DIR = "reports/train"
 
 
@@ -19,7 +21,8 @@ def resolve_wandb_mode(param_mode: str, *, probe_timeout_s: float = 3.0) -> str:
     if mode == "dryrun":  # W&B's older name for offline
         mode = "offline"
     if mode not in {"disabled", "offline", "online"}:
-        raise ValueError(f"WANDB_MODE / runtime.wandb_mode must be disabled, offline or online, got {mode!r}")
+        raise UserError(f"the environment's WANDB_MODE={mode!r} is not disabled, offline or online; set it to one "
+                        "of them, or unset it to use runtime.wandb_mode")
     if mode == "online" and not _reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"),
                                            probe_timeout_s):
         print("train: Weights & Biases server unreachable; logging offline (sync later: wandb sync wandb/)")

@@ -17,6 +17,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from alpaca_qlora import progress
 from alpaca_qlora.training import distributed, launch
 from alpaca_qlora.training.checkpoints import (PREFIX, last_complete_checkpoint, load_adapter_in_place,
                                                logged_history, mark_complete, replay_into_dvclive)
@@ -46,7 +47,7 @@ def sft_config(*, model_params: dict, train_params: dict, runtime_params: dict, 
         logging_steps=runtime_params["logging_steps"], max_length=model_params["max_seq_length"],
         packing=train_params["packing"], packing_strategy="bfd", completion_only_loss=not train_params["train_on_prompt"],
         bf16=on_gpu and dtype == torch.bfloat16, fp16=on_gpu and dtype == torch.float16,
-        use_cpu=not on_gpu, dataset_num_proc=1, disable_tqdm=True,
+        use_cpu=not on_gpu, dataset_num_proc=1, disable_tqdm=not progress.bars_shown(),
         # DDP: every LoRA weight gets a gradient each step; the search for unused ones breaks under gradient
         # checkpointing ("marked ready twice"). Unsloth sets the same for its models. Ignored in one process.
         ddp_find_unused_parameters=False,
@@ -183,7 +184,7 @@ def train(model, tokenizer, rows: list[dict[str, Any]], *, model_params: dict, t
             torch.tensor(outcome.real_tokens, device=trainer.accelerator.device), reduction="sum"))
         divergence = distributed.replica_divergence(model)
         if divergence > 1e-6:
-            raise launch.LaunchError(
+            raise RuntimeError(
                 f"train: the {processes} processes ended with different LoRA weights (largest difference "
                 f"{divergence:.2e}): gradients were not synchronized, so this was not data-parallel training")
     args = trainer.args

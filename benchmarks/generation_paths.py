@@ -5,9 +5,9 @@
 
 The workspace is one where the pipeline has run up to train (data/formatted/eval.jsonl, models/adapter,
 params.yaml): `benchmarks.gpu_job run` on the GPU, `make smoke` or a test workspace on a CPU. For each
-path of alpaca_qlora/modeling/inference.py (`--paths`, default unsloth,hf,merged; `merged-static` adds a
-static KV cache with torch.compile on the merged model, an attempt that failed before in transformers
-5.17 and is measured, not assumed), in a fresh process so that imports and memory start clean:
+path of alpaca_qlora/modeling/inference.py (`--paths`, default unsloth,hf,merged; `merged` decodes with
+evaluation/static_decoding.py, its CUDA-graph static-cache loop, and `merged-eager` is the same model
+through `model.generate`, for comparison), in a fresh process so that imports and memory start clean:
 - import and model load seconds (base + adapter);
 - aggregate new tokens/s answering every held-out prompt through the stage's own generate_answers
   (length-sorted, left padding, evaluate.generation_batch_size, greedy, per-row EOS; a warm-up batch first),
@@ -45,7 +45,7 @@ def measure_path(path: str, max_new_tokens: int | None, batch_size: int | None, 
     params = load_section("evaluate")
     max_new_tokens = max_new_tokens or params["max_new_tokens"]
     batch_size = batch_size or params["generation_batch_size"]
-    loader = "merged" if path == "merged-static" else path
+    loader = "merged" if path == "merged-eager" else path
     inference.import_libraries(loader)
     import torch
 
@@ -54,19 +54,17 @@ def measure_path(path: str, max_new_tokens: int | None, batch_size: int | None, 
     imported = time.perf_counter()
     model, tokenizer = inference.load(loader, AdapterMetadata.read(Path("models/adapter")).model_params,
                                       Path("models/adapter"))
-    if path == "merged-static":
-        model.generation_config.cache_implementation = "static"
-        model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=False)
     loaded = time.perf_counter()
     prompts = [row["prompt"] for row in read_jsonl(Path("data/formatted/eval.jsonl"))]
-    generate = dict(max_new_tokens=max_new_tokens)
+    generate = dict(max_new_tokens=max_new_tokens, static=inference.static_decoding(path))
     generate_answers(model, tokenizer, prompts[:batch_size], batch_size=batch_size, **dict(generate, max_new_tokens=8))
     synchronize(torch)
     answers, speed = generate_answers(model, tokenizer, prompts, batch_size=batch_size, **generate)
     synchronize(torch)
     swept = {size: generate_answers(model, tokenizer, prompts, batch_size=size, **generate)[1].as_dict()
              for size in sweep}
-    singles = [generate_answers(model, tokenizer, [prompt], batch_size=1, max_new_tokens=single_stream_tokens)[1]
+    singles = [generate_answers(model, tokenizer, [prompt], batch_size=1,
+                                **dict(generate, max_new_tokens=single_stream_tokens))[1]
                for prompt in prompts[:single_stream]]
     single_tokens, single_seconds = sum(s.generated_tokens for s in singles), sum(s.seconds for s in singles)
     return {"path": path, "import_s": round(imported - started, 2), "load_s": round(loaded - imported, 2),

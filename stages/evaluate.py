@@ -43,7 +43,7 @@ def main() -> None:
     model, tokenizer = inference.load(path, model_params, args.adapter)
     loaded = time.perf_counter()
     rows = read_jsonl(args.eval)
-    adapter = judge(model, tokenizer, rows, params)
+    adapter = judge(model, tokenizer, rows, params, static=inference.static_decoding(path))
     adapter.figures.update(lm_eval_scores(model, tokenizer, params))
     adapter.timing.update(import_s=round(imported - started, 3), load_s=round(loaded - imported, 3),
                           total_s=round(time.perf_counter() - started, 3))

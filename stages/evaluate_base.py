@@ -35,7 +35,7 @@ def main() -> None:
     imported = time.perf_counter()
     model, tokenizer = inference.load(path, model_params)
     loaded = time.perf_counter()
-    result = judge(model, tokenizer, read_jsonl(args.eval), params)
+    result = judge(model, tokenizer, read_jsonl(args.eval), params, static=inference.static_decoding(path))
     result.figures.update(lm_eval_scores(model, tokenizer, params))
     result.timing.update(import_s=round(imported - started, 3), load_s=round(loaded - imported, 3),
                          total_s=round(time.perf_counter() - started, 3))

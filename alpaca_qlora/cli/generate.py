@@ -29,7 +29,7 @@ from alpaca_qlora.modeling.adapter import AdapterMetadata
 
 
 def stream_answer(model, tokenizer, prompt: str, *, max_new_tokens: int, on_text: Callable[[str], None],
-                  temperature: float = 0.0, top_p: float = 1.0):
+                  temperature: float = 0.0, top_p: float = 1.0, static: bool = False):
     """Generate a completion of `prompt`, handing each finished piece of text to `on_text` as it comes.
 
     transformers' TextStreamer decodes the new tokens incrementally (holding back a piece until a word is
@@ -48,7 +48,7 @@ def stream_answer(model, tokenizer, prompt: str, *, max_new_tokens: int, on_text
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else None
     streamer = CallbackStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     answers, speed = generate_answers(model, tokenizer, [prompt], max_new_tokens=max_new_tokens, batch_size=1,
-                                      sampling=sampling, streamer=streamer)
+                                      sampling=sampling, streamer=streamer, static=static)
     return answers[0], speed
 
 
@@ -85,7 +85,8 @@ def main() -> None:
     def answer(instruction: str) -> None:
         result, speed = stream_answer(model, tokenizer, render(instruction, args.input),
                                       max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                      top_p=args.top_p, on_text=lambda text: print(text, end="", flush=True))
+                                      top_p=args.top_p, on_text=lambda text: print(text, end="", flush=True),
+                                      static=inference.static_decoding(path))
         print(flush=True)
         end = "EOS" if result.stopped_at_eos else f"--max-new-tokens {args.max_new_tokens}"
         print(f"[{result.answer_tokens} tokens, {speed.new_tokens_per_s:.1f} tokens/s, stopped at {end}]",

@@ -5,6 +5,8 @@ Prompts are tokenized as in the formatted training rows (BOS added), sorted by t
 first, so a batch pads little and an out-of-memory shows in the first batch), batched with left padding,
 decoded greedily unless sampling is asked for, and each row stops at the tokenizer's EOS, which is passed
 explicitly rather than trusted to the model's generation_config. Answers come back in the prompts' order.
+Greedy answers of a plain transformers model can go through static_decoding.py (`static=True`: a static
+KV cache, each decode step a CUDA graph replay on a GPU); the rest goes through `model.generate`.
 """
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ class Speed:
 
 
 def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,
-                     sampling: dict[str, Any] | None = None, streamer=None) -> tuple[list[Answer], Speed]:
+                     sampling: dict[str, Any] | None = None, streamer=None,
+                     static: bool = False) -> tuple[list[Answer], Speed]:
     """Answers to `prompts` (greedy unless `sampling` holds do_sample/temperature/top_p) and the throughput.
 
     `streamer` (transformers' streamer API, one prompt at a time) receives the tokens as they come: the
@@ -65,16 +68,37 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
             batch = order[start:start + batch_size]
             encoded = tokenizer([prompts[index] for index in batch], return_tensors="pt", padding=True,
                                 add_special_tokens=True).to(device)
-            with torch.no_grad():
-                generated = model.generate(**encoded, max_new_tokens=max_new_tokens, streamer=streamer,
-                                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                           **(sampling or {"do_sample": False}))
-            for index, row in zip(batch, generated[:, encoded["input_ids"].shape[1]:].tolist()):
+            if static and not sampling:
+                rows = static_greedy(model, encoded, max_new_tokens, tokenizer.eos_token_id, streamer)
+            else:
+                with torch.no_grad():
+                    generated = model.generate(**encoded, max_new_tokens=max_new_tokens, streamer=streamer,
+                                               pad_token_id=tokenizer.pad_token_id,
+                                               eos_token_id=tokenizer.eos_token_id, **(sampling or {"do_sample": False}))
+                rows = generated[:, encoded["input_ids"].shape[1]:].tolist()
+            for index, row in zip(batch, rows):
                 answers[index] = decode_answer(tokenizer, row)
     finally:
         tokenizer.padding_side = padding_side
     seconds = time.perf_counter() - started
     return answers, Speed(seconds, sum(answer.generated_tokens for answer in answers), len(prompts))
+
+
+def static_greedy(model, encoded, max_new_tokens: int, eos_token_id: int, streamer) -> list[list[int]]:
+    """Greedy rows through static_decoding.greedy_decode; a streamer gets the prompt, then each new token."""
+    from alpaca_qlora.evaluation.static_decoding import greedy_decode
+
+    on_token = None
+    if streamer is not None:
+        streamer.put(encoded["input_ids"].cpu())  # the prompt, which the streamer skips
+
+        def on_token(tokens):
+            streamer.put(tokens.cpu())
+    decoded = greedy_decode(model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens=max_new_tokens,
+                            eos_token_id=eos_token_id, on_token=on_token)
+    if streamer is not None:
+        streamer.end()
+    return [item.token_ids for item in decoded]
 
 
 def decode_answer(tokenizer, new_token_ids: list[int]) -> Answer:

@@ -21,8 +21,9 @@ class ModelResult:
     timing: dict[str, float] = field(default_factory=dict)  # seconds and speed: not compared, not tracked as metrics
 
 
-def judge(model, tokenizer, rows: list[dict[str, Any]], params: dict[str, Any]) -> ModelResult:
-    """Held-out loss (prompt masked, as trained), then a greedy answer to every row's prompt, scored."""
+def judge(model, tokenizer, rows: list[dict[str, Any]], params: dict[str, Any], *, static: bool = False) -> ModelResult:
+    """Held-out loss (prompt masked, as trained), then a greedy answer to every row's prompt, scored.
+    `static`: decode with a static KV cache (inference.static_decoding says for which path)."""
     if not rows:
         raise ValueError("data/formatted/eval.jsonl holds no rows: set data.eval_size to at least 1")
     started = time.perf_counter()
@@ -30,7 +31,7 @@ def judge(model, tokenizer, rows: list[dict[str, Any]], params: dict[str, Any]) 
     loss_seconds = time.perf_counter() - started
     answers, speed = generate_answers(model, tokenizer, [row["prompt"] for row in rows],
                                       max_new_tokens=params["max_new_tokens"],
-                                      batch_size=params["generation_batch_size"])
+                                      batch_size=params["generation_batch_size"], static=static)
     started = time.perf_counter()
     records = [{"id": row["id"], "answer": answer.text, "answer_tokens": answer.answer_tokens,
                 "stopped_at_eos": answer.stopped_at_eos,

@@ -25,9 +25,10 @@ class Decoded:
 
 
 def greedy_decode(model, input_ids, attention_mask, *, max_new_tokens: int, eos_token_id: int,
-                  cuda_graph: bool | None = None, check_every: int = 16) -> list[Decoded]:
+                  cuda_graph: bool | None = None, check_every: int = 16, on_token=None) -> list[Decoded]:
     """Greedy continuation of a left-padded batch (input_ids, attention_mask: [B, P] tensors on the model's
-    device). `cuda_graph` defaults to True on CUDA. Stops when every row has produced EOS."""
+    device). `cuda_graph` defaults to True on CUDA. Stops when every row has produced EOS. `on_token`, if
+    given, gets each step's tokens ([B] tensor) as they come (a streaming command; it syncs every step)."""
     import torch
     from transformers import StaticCache
 
@@ -71,6 +72,9 @@ def greedy_decode(model, input_ids, attention_mask, *, max_new_tokens: int, eos_
         for index in range(max_new_tokens):
             generated[:, index] = next_token
             finished |= next_token == eos_token_id
+            if on_token is not None:
+                on_token(next_token)
+                check_every = 1
             if index == max_new_tokens - 1 or (index % check_every == check_every - 1 and bool(finished.all())):
                 break
             step_ids.copy_(next_token[:, None])

@@ -45,6 +45,14 @@ def resolve(requested: str, *, cuda_available: bool | None = None) -> str:
     return AUTO["cuda" if cuda_available else "cpu"]
 
 
+def static_decoding(path: str) -> bool:
+    """Whether greedy answers on `path` go through evaluation/static_decoding.py (a static KV cache, each
+    decode step one CUDA graph replay on a GPU). Only `merged` is a plain transformers model it can drive:
+    Unsloth's inference mode brings its own cache, and bitsandbytes' 4-bit kernels were not shown to replay
+    in a graph."""
+    return path == "merged"
+
+
 def import_libraries(path: str) -> None:
     """Import what `path` runs on (Unsloth first where it is used), so that load time is only loading."""
     backends.get("unsloth" if path == "unsloth" else "hf")

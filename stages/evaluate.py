@@ -1,23 +1,24 @@
 """Stage `evaluate`: held-out loss and perplexity of the base model and of base + adapter, and generations.
 
-Reads params `evaluate.*`; the base model and backend are those the adapter's metadata.json records. Writes reports/metrics.json (declared as DVC
-metrics, so `dvc metrics diff` and `dvc exp show` compare runs), reports/plots/eval.json (the same loss and
-perplexity, one row per model, declared as plots for `dvc plots diff`) and reports/generations.md (greedy
-generations of the first held-out prompts, each beside its reference output, for base and fine-tuned).
+Reads params `evaluate.*` (base model and backend: the adapter's metadata.json). Writes reports/metrics.json
+(DVC metrics), reports/plots/eval.json (one row per model, for `dvc plots diff`), reports/generations.md
+(greedy generations of the first held-out prompts, base and fine-tuned) and reports/timelines/evaluate.json.
 """
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-from alpaca_qlora.files import atomic_write_bytes, read_jsonl, write_json
+from alpaca_qlora.evaluation.report import write_generations_report
+from alpaca_qlora.files import read_jsonl, write_json
 from alpaca_qlora.modeling import backends
 from alpaca_qlora.modeling.adapter import AdapterMetadata
 from alpaca_qlora.params import load_section
+from alpaca_qlora.timeline import Timeline
 
 
 def main() -> None:
+    timeline = Timeline()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--formatted", type=Path, default=Path("data/formatted"))
     parser.add_argument("--adapter", type=Path, default=Path("models/adapter"))
@@ -28,19 +29,22 @@ def main() -> None:
     backend = backends.get(adapter.backend)  # imports Unsloth before transformers
     from alpaca_qlora.evaluation.generation import greedy_generations
     from alpaca_qlora.evaluation.loss import heldout_loss
+    timeline.mark("imports")
 
     rows = read_jsonl(args.formatted / "eval.jsonl")
     shown = rows[:params["num_generations"]]
     prompts = [row["prompt"] for row in shown]
     generate = dict(max_new_tokens=params["max_new_tokens"], batch_size=params["batch_size"])
 
-    started = time.perf_counter()
     model, tokenizer = backend.load_for_inference(model_params)
+    timeline.mark("model_load")
     base = heldout_loss(model, rows, batch_size=params["batch_size"], pad_token_id=tokenizer.pad_token_id)
     base_texts, _ = greedy_generations(model, tokenizer, prompts, **generate)
+    timeline.mark("base_model")
     model = backend.attach_adapter(model, args.adapter)
     tuned = heldout_loss(model, rows, batch_size=params["batch_size"], pad_token_id=tokenizer.pad_token_id)
     tuned_texts, speed = greedy_generations(model, tokenizer, prompts, **generate)
+    timeline.mark("adapter")
 
     write_json(args.out / "metrics.json", {
         "eval_loss": tuned["loss"], "eval_perplexity": tuned["perplexity"],
@@ -56,24 +60,11 @@ def main() -> None:
         {"model": "adapter", "loss": tuned["loss"], "perplexity": tuned["perplexity"]},
     ])
     write_generations_report(args.out / "generations.md", shown, base_texts, tuned_texts, model_params["name"])
+    timeline.mark("save")
+    timeline.write("evaluate", args.out / "timelines")
     print(f"evaluate: held-out loss {base['loss']:.4f} (base) -> {tuned['loss']:.4f} (adapter), "
           f"perplexity {base['perplexity']:.2f} -> {tuned['perplexity']:.2f}; {speed['prompts_per_s']:.2f} "
-          f"prompts/s; {time.perf_counter() - started:.1f}s")
-
-
-def write_generations_report(path: Path, rows, base_texts, tuned_texts, model_name: str) -> None:
-    lines = ["# Greedy generations on held-out prompts\n",
-             f"Base model `{model_name}`; the first {len(rows)} rows of data/formatted/eval.jsonl.\n"]
-    for row, base_text, tuned_text in zip(rows, base_texts, tuned_texts):
-        reference = row["completion"]
-        lines += [f"## Record {row['id']}\n", "**Prompt**\n", fenced(row["prompt"]),
-                  "**Reference**\n", fenced(reference), "**Fine-tuned (base + adapter)**\n", fenced(tuned_text),
-                  "**Base model**\n", fenced(base_text)]
-    atomic_write_bytes(path, "\n".join(lines).encode("utf-8"))
-
-
-def fenced(text: str) -> str:
-    return "````text\n" + text + "\n````\n"
+          f"prompts/s; {timeline.summary()}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Mapping, MutableMapping, Sequence
 
 LAUNCHERS = ("torchrun", "accelerate")
@@ -29,6 +30,7 @@ RENDEZVOUS_ENV = ("PET_NNODES", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_
                   "PET_RDZV_ENDPOINT", "PET_RDZV_ID")
 # Set by torchrun and `accelerate launch` in every worker they start.
 WORKER_ENV = ("LOCAL_RANK", "WORLD_SIZE")
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # one folder per GPU the NVIDIA driver manages
 
 
 class LaunchError(RuntimeError):
@@ -140,19 +142,42 @@ def setup_process(num_processes: int, launcher: str, module: str, module_args: S
     return None
 
 
+def visible_gpus(environ: Mapping[str, str] = os.environ, driver_gpus: Path = NVIDIA_GPUS) -> int | None:
+    """NVIDIA GPUs this process may use, read without importing torch (seconds the launcher would add to
+    every multi-GPU run): the driver's list of GPUs, narrowed by CUDA_VISIBLE_DEVICES as CUDA narrows it
+    (a list that stops at its first negative entry). None without an NVIDIA driver: then ask torch."""
+    if not driver_gpus.is_dir():
+        return None
+    installed = sum(1 for _ in driver_gpus.iterdir())
+    if "CUDA_VISIBLE_DEVICES" not in environ:
+        return installed
+    entries = []
+    for entry in (e.strip() for e in environ["CUDA_VISIBLE_DEVICES"].split(",")):
+        if not entry or entry.startswith("-"):
+            break
+        entries.append(entry)
+    return min(len(entries), installed)
+
+
 def relaunch(num_processes: int, launcher: str, module: str, module_args: Sequence[str]) -> int:
     """Run the module under the launcher and return its exit status.
 
     Refuses more processes than GPUs on a GPU machine: a second process on an occupied GPU would not be
-    data parallelism but two copies contending for one card.
+    data parallelism but two copies contending for one card. The workers' timelines start at this
+    process's start (alpaca_qlora/timeline.py), so the launch itself is counted.
     """
-    import torch
+    from alpaca_qlora.timeline import STARTED_ENV, process_started_at
 
-    on_gpu = torch.cuda.is_available()
-    if on_gpu and num_processes > torch.cuda.device_count():
-        raise LaunchError(f"params.yaml: train.num_processes is {num_processes}, but only "
-                          f"{torch.cuda.device_count()} GPU(s) are visible; lower it or expose more GPUs")
-    command = launch_command(num_processes, launcher, module, module_args, on_gpu=on_gpu)
+    gpus = visible_gpus()
+    if gpus is None:  # no NVIDIA driver: torch knows whether there is another kind of GPU
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus and num_processes > gpus:
+        raise LaunchError(f"params.yaml: train.num_processes is {num_processes}, but only {gpus} GPU(s) are "
+                          "visible; lower it or expose more GPUs")
+    command = launch_command(num_processes, launcher, module, module_args, on_gpu=gpus > 0)
     print(f"train: {num_processes} data-parallel processes per node through {launcher}: {' '.join(command)}",
           flush=True)
-    return subprocess.run(command, check=False).returncode
+    environment = {**os.environ, STARTED_ENV: os.environ.get(STARTED_ENV, repr(process_started_at()))}
+    return subprocess.run(command, check=False, env=environment).returncode

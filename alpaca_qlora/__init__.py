@@ -3,11 +3,13 @@
     params.py      params.yaml: the one list of keys, their types and bounds
     files.py       how outputs are written: atomic folders and files, stable JSON / JSONL, sha256
     provenance.py  what a run records about itself: library versions, device, git revision, peak memory
+    timeline.py    where a stage's seconds go: its phases, written to reports/timelines/<stage>.json
     data/          the Alpaca rules: reading and checking records, the seeded split, template, formatting
     modeling/      the base model and the adapter: the backends (unsloth, hf), tokenizer, offline models,
-                   checks before loading, the adapter folder and its metadata.json
-    training/      the training run: SFTTrainer set-up, checkpoints and resume, data parallelism, tracking
-    evaluation/    held-out loss and generation
+                   checks before loading, compile caches, the adapter folder and its metadata.json
+    training/      the training run: SFTTrainer set-up, micro-batch and checkpointing that fit the memory,
+                   callbacks, checkpoints and resume, data parallelism, tracking
+    evaluation/    held-out loss, generation, the generations report
     patches/       the changes made to other libraries, each applied by one call that says what it did
     cli/           the user's commands: generate, merge, gguf_export, plots_page, offline_workspace
 """

@@ -43,7 +43,7 @@ def main() -> None:
     data = {"formatted_train_sha256": file_sha256(args.formatted / "train.jsonl"), "train_rows": len(rows)}
     plan = memory.plan_for_run(backend=backend.name, model_params=model_params, lora_params=lora_params,
                                train_params=params, rows=rows)  # batch x accumulation, checkpointing
-    key = run_key(model_params, lora_params, {**params, "plan": plan.as_dict()}, data["formatted_train_sha256"])
+    key = run_key(model_params, lora_params, {**params, "plan": plan.shape()}, data["formatted_train_sha256"])
     timeline.mark("data_and_plan")
     with patches.for_training(backend.name) as patched:
         model, tokenizer = backend.load_for_training(model_params, lora_params, seed=params["seed"],

@@ -27,14 +27,16 @@ def consumed(batch_log, rank: int) -> tuple[list[list[str]], int]:
     return [line["examples"] for line in lines], sum(line["fillers"] for line in lines)
 
 
+# 16 rows a step over 2 processes: 8 each, in one pass (train.batch_size auto on a CPU).
 # hf keeps packing on a CPU: 800 examples -> 223 packed rows, so 1 filler row makes 14 steps of 2 x 8 rows.
 # Unsloth turns packing off on a CPU: 800 rows = 50 steps of 2 x 8, nothing to fill.
-@pytest.mark.parametrize("backend, steps, fillers", [("hf", 14, 1), ("unsloth", 50, 0)])
+# Gradient checkpointing auto: off for Unsloth (it fits), kept for hf (no measured memory model without it).
+@pytest.mark.parametrize("backend, steps, fillers, checkpointing", [("hf", 14, 1, "true"), ("unsloth", 50, 0, "off")])
 def test_two_processes_train_each_example_once_and_rank0_alone_writes(workspace_copy, tmp_path, backend, steps,
-                                                                      fillers):
+                                                                      fillers, checkpointing):
     batch_log = tmp_path / "batches"
     output = run_dvc(workspace_copy, "exp", "run", "-S", f"train.backend={backend}", "-S", "train.num_processes=2",
-                     env={distributed.BATCH_LOG_ENV: str(batch_log)})
+                     "-S", "train.rows_per_step=16", env={distributed.BATCH_LOG_ENV: str(batch_log)})
     assert stages_run(output) == ["train", "evaluate"], "dvc.yaml's train command is unchanged"
     assert "2 data-parallel processes per node through torchrun" in output
     assert output.count("train: loss ") == 1, "rank 0 alone reports"
@@ -44,6 +46,8 @@ def test_two_processes_train_each_example_once_and_rank0_alone_writes(workspace_
     assert (effective["num_processes"], effective["per_device_batch_size"],
             effective["gradient_accumulation_steps"], effective["effective_batch_size"]) == (2, 8, 1, 16)
     assert effective["global_steps"] == steps and effective["filler_rows"] == fillers
+    assert effective["gradient_checkpointing"] == checkpointing
+    assert effective["gradient_checkpointing_active"] is (checkpointing != "off"), "the layers do what was planned"
     assert effective["replica_divergence"] == 0.0, "DDP kept the two replicas identical"
     assert results["real_tokens"] == REAL_TOKENS, "summed over the ranks, every real token once"
     assert math.isfinite(results["train_loss"]) and results["train_loss"] < 11

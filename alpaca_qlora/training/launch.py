@@ -86,6 +86,12 @@ def use_one_gpu(environ: MutableMapping[str, str] = os.environ) -> str | None:
     return None
 
 
+def several_nodes(environ: Mapping[str, str] = os.environ) -> bool:
+    """PET_NNODES asks for more than one node ("2", or torchrun's elastic "1:4"): one process per node is
+    then still a data-parallel run, and goes through the launcher like any other."""
+    return environ.get("PET_NNODES", "1").strip().split(":")[-1] not in ("", "1")
+
+
 def check_worker(num_processes: int, environ: Mapping[str, str] = os.environ) -> None:
     """A worker's launch must match params.yaml, so metadata and the effective batch describe what ran."""
     local = int(environ.get("LOCAL_WORLD_SIZE", environ.get("WORLD_SIZE", "1")))
@@ -127,11 +133,11 @@ def launch_command(num_processes: int, launcher: str, module: str, module_args: 
 def setup_process(num_processes: int, launcher: str, module: str, module_args: Sequence[str]) -> int | None:
     """Decide this process's part before anything touches CUDA; return an exit status if it was the launcher.
 
-    num_processes > 1 in a plain process: launch the workers and wait (their exit status is returned).
-    In a worker: check the launch matches params.yaml, and bind the worker to its GPU. One process: see
-    only one GPU (use_one_gpu). Returns None when this process is to train.
+    num_processes > 1, or several nodes (PET_NNODES), in a plain process: launch the workers and wait (their
+    exit status is returned). In a worker: check the launch matches params.yaml, and bind the worker to its
+    GPU. One process on one node: see only one GPU (use_one_gpu). Returns None when this process is to train.
     """
-    if num_processes > 1 and not is_worker():
+    if (num_processes > 1 or several_nodes()) and not is_worker():
         return relaunch(num_processes, launcher, module, module_args)
     if is_worker():
         check_worker(num_processes)

@@ -135,12 +135,23 @@ class BatchPlan:
     per_device_batch_size: int
     gradient_accumulation_steps: int
     gradient_checkpointing: str  # "off", "true" or "unsloth"
+    processes: int  # the processes (all nodes) the step's rows are split over; effective.num_processes
     predicted_peak_gib: float | None
     free_memory_gib: float | None
     chosen_by: str  # "params" or "auto"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def fixed(cls, batch_size: int, accumulation: int, checkpointing: str) -> "BatchPlan":
+        """A plan given outright, for one process (benchmarks that measure a chosen configuration)."""
+        return cls(batch_size, accumulation, checkpointing, 1, None, None, "params")
+
+    def shape(self) -> list:
+        """What a resumed run must share with the run it resumes (the data position counts micro-batches)."""
+        return [self.processes, self.per_device_batch_size, self.gradient_accumulation_steps,
+                self.gradient_checkpointing]
 
 
 class PlanError(ValueError):
@@ -180,8 +191,8 @@ def plan_batches(*, backend: str, rows_per_step: int, processes: int, batch_size
 
     def plan(size: int, candidate: str) -> BatchPlan:
         chosen_by = "auto" if mode == "auto" or batch_size == "auto" else "params"
-        return BatchPlan(size, rows // size, candidate, _rounded(predict(size, candidate)), _rounded(free_gib),
-                         chosen_by)
+        return BatchPlan(size, rows // size, candidate, processes, _rounded(predict(size, candidate)),
+                         _rounded(free_gib), chosen_by)
 
     if len(sizes) == 1 and len(modes) == 1:
         return plan(sizes[0], modes[0])

@@ -141,7 +141,7 @@ def train(model, tokenizer, rows: list[dict[str, Any]], *, model_params: dict, t
                                processing_class=tokenizer, callbacks=callbacks + [
                                    MarkCompleteCallback(), sigterm, probe, TimelineCallback(timeline)])
     distributed.same_on_every_process(
-        [plan.per_device_batch_size, plan.gradient_accumulation_steps, plan.gradient_checkpointing],
+        plan.shape(),
         "micro-batch plans (their GPUs have different free memory): set train.batch_size and "
         "train.gradient_checkpointing explicitly")
     resume_from = distributed.agreed_checkpoint(checkpoint_dir, enabled=bool(runtime_params["save_steps"]))
@@ -150,7 +150,7 @@ def train(model, tokenizer, rows: list[dict[str, Any]], *, model_params: dict, t
         if callbacks:
             replay_into_dvclive(callbacks[0].live, logged_history(resume_from))
     processes = trainer.accelerator.num_processes
-    effective = {"num_processes": processes, **plan.as_dict(),
+    effective = {**plan.as_dict(), "num_processes": processes,
                  "effective_batch_size": config.per_device_train_batch_size * config.gradient_accumulation_steps
                  * processes, "filler_rows": trainer.filler_rows}
     if callbacks:

@@ -103,6 +103,41 @@ def test_accelerate_command_maps_the_same_rendezvous_and_refuses_a_cpu():
         launch_command(2, "accelerate", "stages.train", [], environ={}, on_gpu=False)
 
 
+def test_the_launcher_counts_gpus_without_torch_and_launches_one_process_per_node(tmp_path):
+    driver = tmp_path / "gpus"
+    for bus in ("0000:18:00.0", "0000:2a:00.0", "0000:3a:00.0", "0000:5d:00.0"):
+        (driver / bus).mkdir(parents=True)
+    assert launch.visible_gpus({}, driver) == 4
+    assert launch.visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}, driver) == 2
+    assert launch.visible_gpus({"CUDA_VISIBLE_DEVICES": "0,-1,2"}, driver) == 1, "CUDA stops at -1"
+    assert launch.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, driver) == 0
+    assert launch.visible_gpus({}, tmp_path / "no-driver") is None, "no NVIDIA driver: torch is asked"
+    assert launch.several_nodes({"PET_NNODES": "2"}) and launch.several_nodes({"PET_NNODES": "1:4"})
+    assert not launch.several_nodes({}) and not launch.several_nodes({"PET_NNODES": "1"})
+
+
+def test_the_launcher_process_of_a_gpu_machine_never_imports_torch(tmp_path):
+    """Only torchrun's workers need torch: the process that starts them spends no seconds importing it."""
+    import subprocess
+    import sys
+
+    for bus in ("0000:18:00.0", "0000:2a:00.0"):
+        (tmp_path / "gpus" / bus).mkdir(parents=True)
+    code = (f"import subprocess, sys, pathlib\nfrom alpaca_qlora.training import launch\n"
+            f"launch.NVIDIA_GPUS = pathlib.Path({str(tmp_path / 'gpus')!r})\n"
+            "subprocess.run = lambda command, **kw: print(' '.join(command), kw['env']['ALPACA_QLORA_STAGE_STARTED'])"
+            " or type('Done', (), {'returncode': 0})\n"
+            "status = launch.setup_process(2, 'torchrun', 'stages.train', ['--out', 'x'])\n"
+            "print(status, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in __import__("os").environ.items() if k not in launch.WORKER_ENV})
+    assert done.returncode == 0, done.stderr
+    command, status = done.stdout.strip().splitlines()[-2:]
+    assert "torch.distributed.run --standalone --nproc-per-node 2 -m stages.train --out x" in command
+    assert float(command.split()[-1]) > 0, "the workers' timelines start at the launcher's start"
+    assert status == "0 False", "status 0 returned, torch never imported"
+
+
 def test_a_worker_launched_with_another_process_count_than_params_stops():
     launch.check_worker(2, {"LOCAL_RANK": "0", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"})
     with pytest.raises(LaunchError, match="train.num_processes=2"):

@@ -148,10 +148,11 @@ def setup_process(num_processes: int, launcher: str, module: str, module_args: S
     return None
 
 
-def visible_gpus(environ: Mapping[str, str] = os.environ, driver_gpus: Path = NVIDIA_GPUS) -> int | None:
+def visible_gpus(environ: Mapping[str, str] = os.environ, driver_gpus: Path | None = None) -> int | None:
     """NVIDIA GPUs this process may use, read without importing torch (seconds the launcher would add to
     every multi-GPU run): the driver's list of GPUs, narrowed by CUDA_VISIBLE_DEVICES as CUDA narrows it
     (a list that stops at its first negative entry). None without an NVIDIA driver: then ask torch."""
+    driver_gpus = NVIDIA_GPUS if driver_gpus is None else driver_gpus
     if not driver_gpus.is_dir():
         return None
     installed = sum(1 for _ in driver_gpus.iterdir())

@@ -102,6 +102,20 @@ def pipeline_trainer(**kwargs):
             # into the existing LoRA modules instead of being rebuilt (see load_adapter_in_place for why).
             load_adapter_in_place(model or self.model, Path(resume_from_checkpoint))
 
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            # Under DDP transformers 5.17 loads the optimizer state with map_location=args.device, which on a
+            # CPU is "cpu:0", a location torch.load cannot restore to ("don't know how to restore data location
+            # ... (tagged with cpu:0)"), so a CPU run under DDP could not resume. There the two files are loaded
+            # as the Trainer loads them, to "cpu". On GPUs (cuda:N) the Trainer's own code runs.
+            if checkpoint is None or self.args.world_size <= 1 or self.args.device.type != "cpu":
+                return super()._load_optimizer_and_scheduler(checkpoint)
+            import torch
+            from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
+
+            self.optimizer.load_state_dict(torch.load(Path(checkpoint) / OPTIMIZER_NAME, map_location="cpu",
+                                                      weights_only=True))
+            self.lr_scheduler.load_state_dict(torch.load(Path(checkpoint) / SCHEDULER_NAME, weights_only=True))
+
     return PipelineTrainer(**kwargs)
 
 
@@ -145,10 +159,9 @@ def train(model, tokenizer, rows: list[dict[str, Any]], *, model_params: dict, t
         "micro-batch plans (their GPUs have different free memory): set train.batch_size and "
         "train.gradient_checkpointing explicitly")
     resume_from = distributed.agreed_checkpoint(checkpoint_dir, enabled=bool(runtime_params["save_steps"]))
-    if resume_from is not None:
+    if resume_from is not None and callbacks:  # rank 0
         print(f"train: resuming from {resume_from} (delete {checkpoint_dir} to start over)")
-        if callbacks:
-            replay_into_dvclive(callbacks[0].live, logged_history(resume_from))
+        replay_into_dvclive(callbacks[0].live, logged_history(resume_from))
     processes = trainer.accelerator.num_processes
     effective = {**plan.as_dict(), "num_processes": processes,
                  "effective_batch_size": config.per_device_train_batch_size * config.gradient_accumulation_steps

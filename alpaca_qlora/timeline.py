@@ -3,7 +3,7 @@
     timeline = Timeline()          # first thing in main()
     ...                            # imports, loading, the loop, saving
     timeline.mark("model_load")    # the seconds since the previous mark are the phase "model_load"
-    timeline.write("train")        # reports/timelines/train.json
+    timeline.write("train", last_phase="save")   # marks "save", writes reports/timelines/train.json
 
 The first phase, "startup", is the interpreter and the stage's light imports before main() ran, measured
 from the process's start time (Linux: /proc/self/stat and /proc/uptime). A worker started by the train
@@ -63,8 +63,11 @@ class Timeline:
         return {"phases": [[name, round(seconds, 2)] for name, seconds in merged.items()],
                 "total_s": round(self._last - self.started_at, 2)}
 
-    def write(self, stage: str, directory: Path = TIMELINES_DIR) -> Path:
-        """<directory>/<stage>.json: {"phases": [[phase, seconds], ...] in order, "total_s": seconds}, a phase a line."""
+    def write(self, stage: str, directory: Path = TIMELINES_DIR, *, last_phase: str | None = None) -> Path:
+        """<directory>/<stage>.json: {"phases": [[phase, seconds], ...] in order, "total_s": seconds}, a phase
+        a line; `last_phase` is marked first (the stage's last outputs written)."""
+        if last_phase is not None:
+            self.mark(last_phase)
         timeline = self.as_dict()
         phases = ",\n".join(f"    {json.dumps(phase)}" for phase in timeline["phases"])
         path = Path(directory) / f"{stage}.json"

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from alpaca_qlora.evaluation.report import write_generations_report
+from alpaca_qlora.fast_exit import exit_now
 from alpaca_qlora.files import read_jsonl, write_json
 from alpaca_qlora.modeling import backends
 from alpaca_qlora.modeling.adapter import AdapterMetadata
@@ -60,8 +61,7 @@ def main() -> None:
         {"model": "adapter", "loss": tuned["loss"], "perplexity": tuned["perplexity"]},
     ])
     write_generations_report(args.out / "generations.md", shown, base_texts, tuned_texts, model_params["name"])
-    timeline.mark("save")
-    timeline.write("evaluate", args.out / "timelines")
+    timeline.write("evaluate", args.out / "timelines", last_phase="save")
     print(f"evaluate: held-out loss {base['loss']:.4f} (base) -> {tuned['loss']:.4f} (adapter), "
           f"perplexity {base['perplexity']:.2f} -> {tuned['perplexity']:.2f}; {speed['prompts_per_s']:.2f} "
           f"prompts/s; {timeline.summary()}")
@@ -69,3 +69,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_now()  # outputs are complete: skip the interpreter's teardown (alpaca_qlora/fast_exit.py)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from alpaca_qlora.data.formatting import format_records
 from alpaca_qlora.data.template import PromptTemplate
+from alpaca_qlora.fast_exit import exit_now
 from alpaca_qlora.files import atomic_directory, read_jsonl, write_json, write_jsonl
 from alpaca_qlora.modeling.tokenizer import load_tokenizer
 from alpaca_qlora.params import load_section
@@ -49,10 +50,10 @@ def main() -> None:
         for name, rows in outputs.items():
             write_jsonl(staging / name, rows)
         write_json(staging / "stats.json", stats)
-    timeline.mark("save")
-    timeline.write("format")
+    timeline.write("format", last_phase="save")
     print(f"format: {timeline.summary()}")
 
 
 if __name__ == "__main__":
     main()
+    exit_now()  # outputs are complete: skip the interpreter's teardown (alpaca_qlora/fast_exit.py)

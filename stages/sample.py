@@ -10,6 +10,7 @@ from pathlib import Path
 
 from alpaca_qlora.data.records import load_records, validate_records
 from alpaca_qlora.data.sampling import find_duplicates, fingerprint, sample_indices
+from alpaca_qlora.fast_exit import exit_now
 from alpaca_qlora.files import atomic_directory, write_json, write_jsonl
 from alpaca_qlora.params import load_section
 from alpaca_qlora.timeline import Timeline
@@ -39,8 +40,7 @@ def main() -> None:
     timeline.mark("sample")
     with atomic_directory(args.out) as staging:  # all three files appear together, or none
         write_outputs(staging, params, records, train, held_out, len(duplicates))
-    timeline.mark("save")
-    timeline.write("sample")
+    timeline.write("sample", last_phase="save")
     print(f"sample: {len(train)} train + {len(held_out)} eval records of {len(records)} from {params['source']}")
 
 
@@ -58,3 +58,4 @@ def write_outputs(out: Path, params, records, train, held_out, duplicate_records
 
 if __name__ == "__main__":
     main()
+    exit_now()  # outputs are complete: skip the interpreter's teardown (alpaca_qlora/fast_exit.py)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from alpaca_qlora import patches
+from alpaca_qlora.fast_exit import exit_now
 from alpaca_qlora.files import file_sha256, read_json, read_jsonl
 from alpaca_qlora.modeling import backends
 from alpaca_qlora.modeling.adapter import AdapterMetadata, save_adapter
@@ -38,7 +39,6 @@ def main() -> None:
     backend = backends.get(params["backend"])  # imports Unsloth before transformers and TRL
     from alpaca_qlora.training import memory, trainer
     timeline.mark("imports")
-
     rows = read_jsonl(args.formatted / "train.jsonl")
     data = {"formatted_train_sha256": file_sha256(args.formatted / "train.jsonl"), "train_rows": len(rows)}
     plan = memory.plan_for_run(backend=backend.name, model_params=model_params, lora_params=lora_params,
@@ -68,13 +68,13 @@ def main() -> None:
         results=outcome.results(model_load_s=timeline.seconds("model_load")), libraries=library_versions())
     save_adapter(args.out, model, tokenizer, metadata, timeline=timeline)  # metadata.json gets the timeline
     shutil.rmtree(CHECKPOINTS_DIR / key, ignore_errors=True)  # the adapter is safe: its checkpoints are not
-    timeline.mark("save")
-    timeline.write("train")
-    print(f"train: loss {outcome.result.training_loss:.4f}, {outcome.result.global_step} steps, "
-          f"{metadata.results['real_tokens_per_s']:.0f} real tokens/s, {outcome.effective['num_processes']} "
-          f"process(es) x {plan.per_device_batch_size} rows x {plan.gradient_accumulation_steps}, gradient "
-          f"checkpointing {plan.gradient_checkpointing}; adapter in {args.out}; {timeline.summary()}")
+    timeline.write("train", last_phase="save")
+    print(f"train: loss {outcome.result.training_loss:.4f}, {outcome.result.global_step} steps of "
+          f"{outcome.effective['num_processes']} x {plan.per_device_batch_size} x {plan.gradient_accumulation_steps} "
+          f"rows (checkpointing {plan.gradient_checkpointing}), {metadata.results['real_tokens_per_s']:.0f} real "
+          f"tokens/s; adapter in {args.out}; {timeline.summary()}")
 
 
 if __name__ == "__main__":
     main()
+    exit_now()  # outputs are complete: skip the interpreter's teardown (alpaca_qlora/fast_exit.py)

@@ -51,7 +51,7 @@ def run_peer(name: str, workspace: Path, steps: int, batch: tuple[int, int], out
     from alpaca_qlora.modeling.offline_models import resolve_model_path
     from alpaca_qlora.params import load_section
     from alpaca_qlora.provenance import peak_memory_gib
-    from alpaca_qlora.training.distributed import record_batch
+    from alpaca_qlora.training.callbacks import RealTokenCounter
 
     model_params, lora = load_section("model"), load_section("lora")
     model, tokenizer = FastLanguageModel.from_pretrained(model_name=resolve_model_path(model_params),
@@ -71,19 +71,12 @@ def run_peer(name: str, workspace: Path, steps: int, batch: tuple[int, int], out
         learning_rate=2e-4, logging_steps=1, optim="adamw_8bit", weight_decay=0.01, lr_scheduler_type="linear",
         seed=3407, output_dir=str(out.parent / f"{name}-trainer"), report_to="none", bf16=bf16,
         fp16=on_gpu and not bf16, use_cpu=not on_gpu, disable_tqdm=True, save_strategy="no"))
-    counted = {"tokens": 0}
-    collator = trainer.data_collator
-
-    def counting_collator(features):
-        record_batch(features)
-        counted["tokens"] += sum(len(f["input_ids"]) for f in features)
-        return collator(features)
-
-    trainer.data_collator = counting_collator
+    counter = trainer.data_collator = RealTokenCounter(trainer.data_collator)  # the stage's own count
+    trainer.add_callback(counter)
     result = trainer.train()
     seconds = result.metrics["train_runtime"]
-    return {"name": name, "steps": result.global_step, "real_tokens": counted["tokens"],
-            "train_runtime_s": round(seconds, 2), "real_tokens_per_s": round(counted["tokens"] / seconds, 1),
+    return {"name": name, "steps": result.global_step, "real_tokens": counter.tokens,
+            "train_runtime_s": round(seconds, 2), "real_tokens_per_s": round(counter.tokens / seconds, 1),
             "batch": f"{batch[0]} x {batch[1]}", "packing": bool(trainer.args.packing),
             "padding_free": bool(getattr(trainer.args, "padding_free", False)), "train_loss": result.training_loss,
             **peak_memory_gib()}

@@ -1,5 +1,5 @@
-"""What the train stage adds to the Trainer's loop through callbacks: checkpoints marked complete, a clean
-stop on SIGTERM, the stage's timeline, and a record of the gradient checkpointing that really ran.
+"""What the train stage adds to the Trainer's loop through callbacks: the real tokens trained, checkpoints
+marked complete, a clean stop on SIGTERM, the stage's timeline, and the gradient checkpointing that really ran.
 
 It imports transformers: import it after modeling.backends.get(), which imports Unsloth first.
 """
@@ -7,11 +7,42 @@ from __future__ import annotations
 
 import os
 import signal
+from collections import deque
 from pathlib import Path
 
 from transformers import TrainerCallback
 
+from alpaca_qlora.training import distributed
 from alpaca_qlora.training.checkpoints import PREFIX, mark_complete
+
+
+class RealTokenCounter(TrainerCallback):
+    """Wraps the data collator to count the real tokens this process trained on.
+
+    Counted on the rows before collation (no padding yet, whether padded, padding-free or packed), leaving
+    out the filler rows of distributed.pad_to_even_shards, and credited once the Trainer has run that
+    micro-batch (on_substep_end / on_step_end): the dataloader collates one batch ahead, and a run that
+    stops at train.max_steps never trains that one. Under DDP each rank counts its own share.
+    """
+
+    def __init__(self, collator):
+        self.collator, self.tokens, self.pending = collator, 0, deque()
+
+    def __call__(self, features):
+        distributed.record_batch(features)
+        self.pending.append(sum(len(f["input_ids"]) for f in features if not distributed.is_filler(f)))
+        return self.collator(features)
+
+    def _credit(self, control):
+        if self.pending:
+            self.tokens += self.pending.popleft()
+        return control
+
+    def on_substep_end(self, args, state, control, **kwargs):
+        return self._credit(control)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        return self._credit(control)
 
 
 class MarkCompleteCallback(TrainerCallback):

@@ -16,7 +16,7 @@ from typing import Any
 from alpaca_qlora.provenance import peak_memory_gib
 from alpaca_qlora.training import distributed, launch
 from alpaca_qlora.training.callbacks import (CheckpointingProbe, CheckpointOnSigterm, MarkCompleteCallback,
-                                             TimelineCallback)
+                                             RealTokenCounter, TimelineCallback)
 from alpaca_qlora.training.checkpoints import load_adapter_in_place, logged_history, replay_into_dvclive
 from alpaca_qlora.training.memory import BatchPlan
 from alpaca_qlora.training.tracking import training_callbacks_and_reporters
@@ -65,22 +65,6 @@ def training_dataset(rows: list[dict[str, Any]]):
     return Dataset.from_list([{"input_ids": r["input_ids"], "completion_mask": r["completion_mask"]} for r in rows])
 
 
-class RealTokenCounter:
-    """Wraps the data collator to count the real tokens this process consumed.
-
-    Counted on the rows before collation (no padding yet, whether padded, padding-free or packed), leaving
-    out the filler rows of distributed.pad_to_even_shards. Under DDP each rank counts its own share.
-    """
-
-    def __init__(self, collator):
-        self.collator, self.tokens = collator, 0
-
-    def __call__(self, features):
-        distributed.record_batch(features)
-        self.tokens += sum(len(f["input_ids"]) for f in features if not distributed.is_filler(f))
-        return self.collator(features)
-
-
 def pipeline_trainer(**kwargs):
     """An SFTTrainer that resumes LoRA weights in place, keeps DDP shards even and counts real tokens.
 
@@ -96,6 +80,7 @@ def pipeline_trainer(**kwargs):
                 self.train_dataset, rows_per_device_batch=self.args.per_device_train_batch_size,
                 num_processes=self.accelerator.num_processes, pad_token_id=self.processing_class.pad_token_id)
             self.data_collator = self.token_counter = RealTokenCounter(self.data_collator)
+            self.add_callback(self.token_counter)
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
             # The Trainer restores optimizer, scheduler, RNG and data position; the adapter weights are copied

@@ -107,8 +107,10 @@ def validate_section(name: str, section: dict[str, Any], path: Path | str = PARA
             raise ParamsError(f"{path}: key '{name}.{key}' must be {expected}, got {value!r}{hint}")
         allowed = CHOICES.get((name, key))
         if allowed and not any(value == choice and type(value) is type(choice) for choice in allowed):
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                hint = f"; it is a quoted string: write {value.lower()} without quotes"
             raise ParamsError(f"{path}: key '{name}.{key}' must be one of "
-                              f"{', '.join(map(yaml_text, allowed))}, got {value!r}")
+                              f"{', '.join(map(yaml_text, allowed))}, got {value!r}{hint}")
         bound = BOUNDS.get((name, key))
         if bound and not bound[0](value):
             raise ParamsError(f"{path}: key '{name}.{key}' must be {bound[1]}, got {value!r}{hint}")

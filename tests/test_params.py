@@ -52,6 +52,9 @@ def test_yaml_1_2_reads_scientific_notation_as_float(tmp_path):
     ("  gradient_checkpointing: auto", "  gradient_checkpointing: yes please",
      "key 'train.gradient_checkpointing' must be one of auto, unsloth, true, false, got 'yes please'"),
     ("  gradient_checkpointing: auto", "  gradient_checkpointing: 1", "must be str or bool, got 1"),
+    ("  gradient_checkpointing: auto", "  gradient_checkpointing: 'false'",
+     "key 'train.gradient_checkpointing' must be one of auto, unsloth, true, false, got 'false'; it is a quoted "
+     "string: write false without quotes"),
     ("  rows_per_step: 8", "  rows_per_step: '8'", "key 'train.rows_per_step' must be int, got '8'; it is a quoted"),
     ("  epochs: 1", "  epochs: 1\n  epochz: 2", "unknown key(s) train.epochz"),
     ("  seed: 3407\n\nmodel", "\nmodel", "key 'data.seed' is missing"),

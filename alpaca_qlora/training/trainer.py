@@ -97,8 +97,8 @@ def pipeline_trainer(**kwargs):
             import torch
             from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
 
-            self.optimizer.load_state_dict(torch.load(Path(checkpoint) / OPTIMIZER_NAME, map_location="cpu",
-                                                      weights_only=True))
+            optimizer = torch.load(Path(checkpoint) / OPTIMIZER_NAME, map_location="cpu", weights_only=True)
+            self.optimizer.load_state_dict(optimizer)
             self.lr_scheduler.load_state_dict(torch.load(Path(checkpoint) / SCHEDULER_NAME, weights_only=True))
 
     return PipelineTrainer(**kwargs)

@@ -26,9 +26,9 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "lora": {"r": (int,), "alpha": (int, float), "dropout": (float, int), "target_modules": (list,)},
     "train": {
         "backend": (str,), "learning_rate": (float,), "epochs": (float, int), "max_steps": (int,),
-        "batch_size": (int,), "gradient_accumulation_steps": (int,), "warmup_steps": (int,),
-        "lr_scheduler": (str,), "weight_decay": (float, int), "optimizer": (str,), "packing": (bool,),
-        "train_on_prompt": (bool,), "seed": (int,), "num_processes": (int,),
+        "rows_per_step": (int,), "batch_size": (int, str), "gradient_checkpointing": (str, bool),
+        "warmup_steps": (int,), "lr_scheduler": (str,), "weight_decay": (float, int), "optimizer": (str,),
+        "packing": (bool,), "train_on_prompt": (bool,), "seed": (int,), "num_processes": (int,),
     },
     # How the train stage runs and reports, never what it learns: no stage declares this section in dvc.yaml.
     "runtime": {"launcher": (str,), "logging_steps": (int,), "save_steps": (int,), "wandb_mode": (str,),
@@ -40,6 +40,7 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
 CHOICES = {
     ("format", "too_long"): ("truncate", "drop", "error"),
     ("train", "backend"): ("unsloth", "hf"),
+    ("train", "gradient_checkpointing"): ("auto", "unsloth", True, False),
     ("runtime", "wandb_mode"): ("disabled", "offline", "online"),
     ("runtime", "launcher"): ("torchrun", "accelerate"),
     # The inference paths of alpaca_qlora/modeling/inference.py, which says what each one is.
@@ -62,8 +63,8 @@ BOUNDS = {
     ("train", "learning_rate"): (lambda v: v > 0, "positive"),
     ("train", "epochs"): (lambda v: v > 0, "positive"),
     ("train", "max_steps"): (lambda v: v == -1 or v >= 1, "-1 (all epochs) or a positive number of steps"),
-    ("train", "batch_size"): (lambda v: v >= 1, "at least 1"),
-    ("train", "gradient_accumulation_steps"): (lambda v: v >= 1, "at least 1"),
+    ("train", "rows_per_step"): (lambda v: v >= 1, "at least 1"),
+    ("train", "batch_size"): (lambda v: v == "auto" or isinstance(v, int) and v >= 1, "auto or a positive integer"),
     ("train", "warmup_steps"): (lambda v: v >= 0, "0 or more"),
     ("train", "num_processes"): (lambda v: v >= 1, "at least 1"),
     ("train", "seed"): (lambda v: v >= 0, "0 or more"),
@@ -125,20 +126,28 @@ def validate_section(name: str, section: dict[str, Any], path: Path | str = PARA
             raise ParamsError(f"{path}: key '{name}.{key}' is missing; add it (the committed params.yaml has "
                               "every key, commented)")
         value = section[key]
+        hint = FIX
+        if isinstance(value, str) and _is_number(value) and (int in types or float in types):
+            hint = f"it is a quoted string: write {value} without quotes"
         # bool is an int in Python: refuse `r: true` and `packing: 1` alike.
-        if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             expected = " or ".join(t.__name__ for t in types)
-            hint = FIX
-            if isinstance(value, str) and _is_number(value) and (int in types or float in types):
-                hint = f"it is a quoted string: write {value} without quotes"
             raise ParamsError(f"{path}: key '{name}.{key}' must be {expected}, got {value!r}; {hint}")
         allowed = CHOICES.get((name, key))
-        if allowed and value not in allowed:
-            raise ParamsError(f"{path}: key '{name}.{key}' must be one of {', '.join(allowed)}, got {value!r}; {FIX}")
+        if allowed and not any(value == choice and type(value) is type(choice) for choice in allowed):
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                hint = f"it is a quoted string: write {value.lower()} without quotes"
+            raise ParamsError(f"{path}: key '{name}.{key}' must be one of "
+                              f"{', '.join(map(yaml_text, allowed))}, got {value!r}; {hint}")
         bound = BOUNDS.get((name, key))
         if bound and not bound[0](value):
-            raise ParamsError(f"{path}: key '{name}.{key}' must be {bound[1]}, got {value!r}; {FIX}")
+            raise ParamsError(f"{path}: key '{name}.{key}' must be {bound[1]}, got {value!r}; {hint}")
     return dict(section)
+
+
+def yaml_text(value: Any) -> str:
+    """A choice as it is written in params.yaml: true/false for booleans."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _is_number(text: str) -> bool:

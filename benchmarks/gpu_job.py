@@ -1,7 +1,9 @@
 """The whole seed job on a GPU with no network: build the model and the data, run each stage, time it.
 
     python -m benchmarks.gpu_job prepare --tokenizer-model .gpu/tokenizer.model.v1
-    python -m benchmarks.gpu_job run --out $OUT/packed     # sample, format, train, evaluate_base, evaluate
+    python -m benchmarks.gpu_job job --out $OUT/job                 # cold job, then an experiment; timelines
+    python -m benchmarks.gpu_job job --out $OUT/warm --phases warm  # the job again, compile caches warm
+    python -m benchmarks.gpu_job run --out $OUT/packed              # every stage once, as before
     python -m benchmarks.gpu_job run --out $OUT/unpacked --stages train --reuse-data /tmp/gpu-job/packed \
         --set train.packing=false ...
     python -m benchmarks.gpu_job plot $OUT/packed $OUT/unpacked --out benchmarks/loss_curves.png
@@ -10,8 +12,14 @@
 alpaca_qlora/modeling/offline_models.py, with the Mistral tokenizer file given (mistral-common is not on the GPU image),
 then saves it pre-quantized in 4-bit NF4, the form in which the real base model is downloaded.
 `run` makes a scratch copy of the stages with profiles/gpu-benchmark.yaml and each --set laid over
-params.yaml, runs the stage modules (the commands of dvc.yaml) one by one and records the wall time of
-each, model load included, with what the stages themselves wrote (metadata.json, metrics.json, curves).
+params.yaml, runs the stages' commands as dvc.yaml writes them, one by one, and records the wall time of
+each (process start to exit), with what the stages themselves wrote (metadata.json, metrics.json, curves,
+reports/timelines/). The stage list and commands are read from dvc.yaml, so new stages are timed too.
+`job` is what a user waits for: `cold`, every stage of dvc.yaml in order in a fresh workspace (empty
+compile caches under its build/); `experiment`, then `train.learning_rate` changed in the same workspace and
+the stages DVC would rerun for it (those that declare a train param, and everything downstream of them);
+`warm`, the whole job again in a fresh workspace that starts with the compile caches of the cold run. It
+prints each stage's wall time and timeline, and what the timelines do not cover (interpreter exit).
 """
 from __future__ import annotations
 
@@ -31,14 +39,50 @@ PROFILE = REPO / "profiles" / "gpu-benchmark.yaml"
 # Outside any git repository: DVCLive looks for one and fails in a repository without commits (the copy of
 # the working tree on the GPU machine is one).
 WORKSPACES = Path("/tmp/gpu-job")
-STAGE_COMMANDS = {  # as in dvc.yaml
-    "sample": ["-m", "stages.sample", "--out", "data/sampled"],
-    "format": ["-m", "stages.format", "--sampled", "data/sampled", "--out", "data/formatted"],
-    "train": ["-m", "stages.train", "--formatted", "data/formatted", "--out", "models/adapter"],
-    "evaluate_base": ["-m", "stages.evaluate_base", "--eval", "data/formatted/eval.jsonl", "--out", "reports/base"],
-    "evaluate": ["-m", "stages.evaluate", "--eval", "data/formatted/eval.jsonl", "--adapter", "models/adapter",
-                 "--base", "reports/base", "--out", "reports"],
-}
+
+
+def pipeline(dvc_yaml: Path = REPO / "dvc.yaml") -> dict[str, dict]:
+    """dvc.yaml's stages in an order that runs each after the stages whose outputs it depends on."""
+    from alpaca_qlora.params import read_yaml
+
+    stages = read_yaml(dvc_yaml)["stages"]
+    ordered: dict[str, dict] = {}
+    while len(ordered) < len(stages):
+        ready = [name for name, stage in stages.items() if name not in ordered and not any(
+            _produces(other, dep) for dep in stage.get("deps", []) for name2, other in stages.items()
+            if name2 != name and name2 not in ordered)]
+        if not ready:
+            raise ValueError(f"{dvc_yaml}: the stages' deps and outs form a cycle")
+        ordered.update((name, stages[name]) for name in ready)
+    return ordered
+
+
+def _produces(stage: dict, path: str) -> bool:
+    return any(path == out or path.startswith(out.rstrip("/") + "/") for out in map(_out_path, stage.get("outs", [])))
+
+
+def _out_path(out) -> str:
+    return next(iter(out)) if isinstance(out, dict) else out
+
+
+def stage_command(stage: dict) -> list[str]:
+    """A dvc.yaml cmd ("python -m stages.x ...") run by this interpreter."""
+    import shlex
+
+    words = shlex.split(stage["cmd"])
+    return [sys.executable, *words[1:]] if words[0] in ("python", "python3") else words
+
+
+def rerun_by(stages: dict[str, dict], param: str) -> list[str]:
+    """The stages `dvc exp run -S <param>=...` reruns: those that declare the param or its section, and
+    every stage downstream of them."""
+    section = param.split(".")[0]
+    changed = [name for name, stage in stages.items() if any(
+        p in (section, param) for p in stage.get("params", []) if isinstance(p, str))]
+    for name, stage in stages.items():  # in order: a stage after one that reruns reads its new outputs
+        if name not in changed and any(_produces(stages[c], dep) for c in changed for dep in stage.get("deps", [])):
+            changed.append(name)
+    return [name for name in stages if name in changed]
 
 
 def prepare(tokenizer_model: Path | None, presets: list[str]) -> dict[str, float]:
@@ -108,23 +152,36 @@ def make_workspace(workspace: Path, overrides: list[str]) -> None:
     overlay_params(workspace / "params.yaml", profile + [parse_override(text) for text in overrides])
 
 
-def run(out: Path, workspace: Path, stages: list[str], overrides: list[str], reuse_data: Path | None) -> dict:
-    make_workspace(workspace, overrides)
+def run(out: Path, workspace: Path, stages: list[str], overrides: list[str], reuse_data: Path | None, *,
+        fresh: bool = True) -> dict:
+    """Run `stages` (names in dvc.yaml) in `workspace` (made anew when `fresh`), each as dvc.yaml runs it."""
+    if fresh:
+        make_workspace(workspace, overrides)
+    elif overrides:
+        from alpaca_qlora.cli.offline_workspace import overlay_params, parse_override
+
+        overlay_params(workspace / "params.yaml", [parse_override(text) for text in overrides])
     if reuse_data is not None:
-        shutil.copytree(reuse_data / "data", workspace / "data")
+        shutil.copytree(reuse_data / "data", workspace / "data", dirs_exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"stages": {}, "overrides": overrides}
     environment = {**os.environ, "PYTHONPATH": f"{workspace}:{os.environ.get('PYTHONPATH', '')}"}
-    total = time.perf_counter()
+    defined, total = pipeline(workspace / "dvc.yaml"), time.perf_counter()
     for stage in stages:
         started = time.perf_counter()
         log = out / f"{stage}.log"
         with open(log, "w", encoding="utf-8") as handle:
-            done = subprocess.run([sys.executable, *STAGE_COMMANDS[stage]], cwd=workspace, env=environment,
+            done = subprocess.run(stage_command(defined[stage]), cwd=workspace, env=environment,
                                   stdout=handle, stderr=subprocess.STDOUT)
-        summary["stages"][stage] = {"wall_s": round(time.perf_counter() - started, 1), "rc": done.returncode,
-                                    "last_line": last_line(log)}
-        print(f"{stage}: {summary['stages'][stage]}", flush=True)
+        wall = time.perf_counter() - started
+        summary["stages"][stage] = {"wall_s": round(wall, 1), "rc": done.returncode, "last_line": last_line(log)}
+        timeline = workspace / "reports" / "timelines" / f"{stage}.json"
+        if done.returncode == 0 and timeline.is_file():
+            summary["stages"][stage]["timeline"] = json.loads(timeline.read_text(encoding="utf-8"))
+            # What the stage's own clock cannot see: the interpreter's exit (and a launcher's after its workers).
+            summary["stages"][stage]["outside_timeline_s"] = round(wall - summary["stages"][stage]["timeline"]
+                                                                  ["total_s"], 1)
+        print(f"{stage}: wall {wall:.1f} s, rc {done.returncode}: {summary['stages'][stage]['last_line']}", flush=True)
         if done.returncode:
             print(log.read_text(encoding="utf-8")[-6000:], flush=True)
             break
@@ -139,6 +196,40 @@ def run(out: Path, workspace: Path, stages: list[str], overrides: list[str], reu
             shutil.copyfile(workspace / source, out / name)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
+
+
+def job(out: Path, phases: list[str], overrides: list[str], learning_rate: float) -> dict:
+    """The seed job cold, the experiment after it, the job warm (see the module's docstring)."""
+    stages = list(pipeline())
+    cold, warm = WORKSPACES / "job-cold", WORKSPACES / "job-warm"
+    report = {"stages": stages, "phases": {}}
+    if "cold" in phases:
+        report["phases"]["cold"] = run(out / "cold", cold, stages, overrides, None)
+    if "experiment" in phases:
+        changed = rerun_by(pipeline(), "train.learning_rate")
+        report["phases"]["experiment"] = run(out / "experiment", cold, changed,
+                                             [f"train.learning_rate={learning_rate}"], None, fresh=False)
+    if "warm" in phases:
+        make_workspace(warm, overrides)
+        if (cold / "build" / "compile-cache").is_dir():
+            shutil.copytree(cold / "build" / "compile-cache", warm / "build" / "compile-cache", symlinks=True)
+        report["phases"]["warm"] = run(out / "warm", warm, stages, overrides, None, fresh=False)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "job.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    print(job_table(report))
+    return report
+
+
+def job_table(report: dict) -> str:
+    """Per phase and stage: wall time, the timeline's phases over 0.5 s, and the rest (interpreter exit)."""
+    lines = ["| run | stage | wall s | timeline (phases over 0.5 s) | outside timeline s |", "|---|---|---|---|---|"]
+    for phase, summary in report["phases"].items():
+        for stage, result in summary["stages"].items():
+            phases = result.get("timeline", {}).get("phases", [])
+            shown = ", ".join(f"{name} {seconds:.1f}" for name, seconds in phases if seconds >= 0.5)
+            lines.append(f"| {phase} | {stage} | {result['wall_s']:.1f} | {shown} | {result.get('outside_timeline_s', '')} |")
+        lines.append(f"| {phase} | **total** | **{summary['total_wall_s']:.1f}** | | |")
+    return "\n".join(lines)
 
 
 def last_line(path: Path) -> str:
@@ -171,6 +262,19 @@ def plot(runs: list[Path], labels: list[str], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out)
     print(f"plot -> {out}")
+    if len(runs) >= 2:
+        print(json.dumps(compare_losses(read_loss(runs[0] / "loss.tsv"), read_loss(runs[1] / "loss.tsv"))))
+
+
+def compare_losses(first: tuple[list[int], list[float]], second: tuple[list[int], list[float]]) -> dict:
+    """Step by step, how far two loss curves are apart (the same seed and data: bf16 noise if the math is equal)."""
+    a, b = dict(zip(*first)), dict(zip(*second))
+    common = sorted(set(a) & set(b))
+    differences = [abs(a[step] - b[step]) for step in common]
+    return {"steps_compared": len(common), "steps_only_in_one": len(set(a) ^ set(b)),
+            "max_abs_loss_difference": round(max(differences), 4) if differences else None,
+            "mean_abs_loss_difference": round(sum(differences) / len(differences), 4) if differences else None,
+            "final_losses": [a[common[-1]], b[common[-1]]] if common else None}
 
 
 def main() -> None:
@@ -179,10 +283,15 @@ def main() -> None:
     p = commands.add_parser("prepare")
     p.add_argument("--tokenizer-model", type=Path, default=None)
     p.add_argument("--presets", default="mistral-7b-geometry,tiny-mistral")
+    j = commands.add_parser("job")
+    j.add_argument("--out", type=Path, required=True)
+    j.add_argument("--phases", default="cold,experiment", help="cold, experiment, warm (comma-separated)")
+    j.add_argument("--learning-rate", type=float, default=1e-4, help="the experiment's train.learning_rate")
+    j.add_argument("--set", dest="overrides", action="append", default=[])
     r = commands.add_parser("run")
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--workspace", type=Path, default=None)
-    r.add_argument("--stages", default="sample,format,train,evaluate_base,evaluate")
+    r.add_argument("--stages", default=None, help="comma-separated stage names; default: all of dvc.yaml")
     r.add_argument("--set", dest="overrides", action="append", default=[])
     r.add_argument("--reuse-data", type=Path, default=None, help="a workspace whose data/ to reuse")
     g = commands.add_parser("plot")
@@ -192,9 +301,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "prepare":
         prepare(args.tokenizer_model, [p for p in args.presets.split(",") if p])
+    elif args.command == "job":
+        job(args.out, [p for p in args.phases.split(",") if p], args.overrides, args.learning_rate)
     elif args.command == "run":
         workspace = args.workspace or WORKSPACES / args.out.name
-        run(args.out, workspace, [s for s in args.stages.split(",") if s], args.overrides, args.reuse_data)
+        stages = [s for s in args.stages.split(",") if s] if args.stages else list(pipeline())
+        run(args.out, workspace, stages, args.overrides, args.reuse_data)
     else:
         plot(args.runs, args.labels.split(","), args.out)
 

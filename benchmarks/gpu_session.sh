@@ -1,30 +1,35 @@
 #!/usr/bin/env bash
 # The GPU measurements of BENCHMARKS.md, in commands of at most 10 minutes each (device/README.md).
 # On the GPU machine, after unpacking the wheel bundle (../shared/gpu/make-bundle.sh prints the line):
+#   bash benchmarks/gpu_session.sh job            # the seed job cold, stage by stage, then an experiment (lr)
+#   bash benchmarks/gpu_session.sh curves         # loss curves: auto (no checkpointing, 8 x 1) vs 4 x 2 "unsloth"
+#   bash benchmarks/gpu_session.sh peers          # the stage vs Unsloth + TRL packing=True vs the seed's recipe
+#   bash benchmarks/gpu_session.sh ddp            # 2 GPUs: the train stage's wall with 1 and 2 processes
 #   bash benchmarks/gpu_session.sh bench checks   # train-step benchmark; packing checks on the GPU
-#   bash benchmarks/gpu_session.sh job pair       # the whole seed job, stage by stage; packed vs unpacked curves
-#   bash benchmarks/gpu_session.sh ddp            # 2 GPUs: train stage with 1 and 2 DDP processes, per backend
-#   bash benchmarks/gpu_session.sh genpaths       # each inference path on the held-out set: speed, load, agreement
-#   bash benchmarks/gpu_session.sh genstages      # evaluate_base + evaluate as dvc.yaml runs them, per path, timed
-# Phases: bench (benchmarks.train_step, backends from $BENCH_BACKENDS), checks (benchmarks.packing_check:
-# Unsloth and hf on the 7B geometry, Unsloth on the tiny model), job (sample, format, train, evaluate with
-# profiles/gpu-benchmark.yaml), pair (20 optimizer steps packed and unpacked from the same seed, and the plot).
-# ddp (benchmarks.ddp_scaling: the train stage with train.num_processes 1 and 2 for $DDP_BACKENDS; $DDP_ARGS
-# adds arguments, e.g. --steps unsloth=10,hf=6). genpaths / genstages (benchmarks.generation_paths) first make
-# /tmp/gpu-job/gen: sample, format and a $GEN_STEPS-step train stage (the adapter's quality does not matter
-# for speed); $GEN_PATHS (default unsloth,hf,merged; the first is the agreement reference), $GEN_STAGES
-# (default unsloth,merged) and $GEN_ARGS (e.g. --single-stream 2) choose what runs.
+# Phases: job (benchmarks.gpu_job job: every stage of dvc.yaml in a fresh workspace, then the stages a
+# train.learning_rate change reruns; $JOB_PHASES adds "warm", the job again with the compile caches),
+# curves (the train stage twice on the same data: params.yaml's auto plan, and the seed's 4 x 2 with Unsloth's
+# checkpointing; the loss curves and their largest difference), peers (benchmarks.peers, $PEER_STEPS steps),
+# ddp (benchmarks.ddp_scaling: the whole epoch with train.num_processes 1 and 2 for $DDP_BACKENDS; $DDP_ARGS
+# adds arguments), bench (benchmarks.train_step, backends from $BENCH_BACKENDS), checks
+# (benchmarks.packing_check: Unsloth and hf on the 7B geometry, Unsloth on the tiny model), pair (20
+# optimizer steps packed and unpacked from the same seed, and the plot). genpaths / genstages
+# (benchmarks.generation_paths) first make /tmp/gpu-job/gen: sample, format and a $GEN_STEPS-step train stage;
+# $GEN_PATHS (default unsloth,hf,merged; the first is the agreement reference), $GEN_STAGES (default
+# unsloth,merged) and $GEN_ARGS (e.g. --single-stream 2) choose what runs.
 # Results go to $OUT (default build/gpu-out): one .tgz plus the log.
 # MODEL / PRESETS / JOB_SET / BENCH_ARGS override the model and profile for a CPU dry run with offline:tiny-mistral.
 set -uo pipefail
-[ $# -gt 0 ] || { echo "usage: gpu_session.sh bench|checks|job|pair|ddp|genpaths|genstages ..."; exit 2; }
+[ $# -gt 0 ] || { echo "usage: gpu_session.sh job|curves|peers|ddp|bench|checks|pair|genpaths|genstages ..."; exit 2; }
 OUT=${OUT:-build/gpu-out}
 MODEL=${MODEL:-build/offline-models/mistral-7b-geometry-seed0-bnb4}
 PRESETS=${PRESETS:-mistral-7b-geometry,tiny-mistral}
 JOB_SET=${JOB_SET:-}
 BENCH_ARGS=${BENCH_ARGS:-}
+JOB_PHASES=${JOB_PHASES:-cold,experiment}
+PEER_STEPS=${PEER_STEPS:-20}
 BENCH_BACKENDS=${BENCH_BACKENDS:-unsloth,hf}
-DDP_BACKENDS=${DDP_BACKENDS:-unsloth,hf}
+DDP_BACKENDS=${DDP_BACKENDS:-unsloth}
 DDP_ARGS=${DDP_ARGS:-}
 GEN_STEPS=${GEN_STEPS:-20}
 GEN_PATHS=${GEN_PATHS:-unsloth,hf,merged}
@@ -38,6 +43,9 @@ started=$SECONDS
 step() { echo "=== [$((SECONDS - started)) s] $*"; "$@"; echo "=== rc=$? after $((SECONDS - started)) s"; }
 set_args=(); for kv in $JOB_SET; do set_args+=(--set "$kv"); done
 
+# The bundle is unpacked from wheels without bytecode; pip compiles it at install time on a user's machine, so
+# compile it here too, or the first stage to import a library would pay for it.
+[ -d /tmp/site ] && python3 -m compileall -q -j 0 /tmp/site > /dev/null 2>&1
 date -u +"%Y-%m-%dT%H:%M:%SZ"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
@@ -56,17 +64,28 @@ for phase in "$@"; do
     step python3 -m benchmarks.packing_check --backend unsloth --model offline:tiny-mistral --synthetic-rows 400 \
       --out "$results/packing_unsloth_tiny.json" ;;
   job)
-    step python3 -m benchmarks.gpu_job run --out "$results/packed" "${set_args[@]}" ;;
+    step python3 -m benchmarks.gpu_job job --out "$results/job" --phases "$JOB_PHASES" "${set_args[@]}" ;;
+  curves)
+    [ -d /tmp/gpu-job/curves/data/formatted ] || step python3 -m benchmarks.gpu_job run --out "$results/data" \
+      --workspace /tmp/gpu-job/curves --stages sample,format "${set_args[@]}"
+    step python3 -m benchmarks.gpu_job run --out "$results/auto" --stages train --reuse-data /tmp/gpu-job/curves \
+      "${set_args[@]}"
+    step python3 -m benchmarks.gpu_job run --out "$results/seed-4x2-unsloth" --stages train \
+      --reuse-data /tmp/gpu-job/curves "${set_args[@]}" --set train.batch_size=4 --set train.gradient_checkpointing=unsloth
+    step python3 -m benchmarks.gpu_job plot "$results/auto" "$results/seed-4x2-unsloth" \
+      --labels "auto (params.yaml),4 x 2 with Unsloth's checkpointing" --out "$results/loss_curves.png" ;;
+  peers)
+    step python3 -m benchmarks.peers --out "$results/peers.json" --steps "$PEER_STEPS" "${set_args[@]}" ;;
   pair)
-    # Same seed and ~80 examples per optimizer step in both: packed rows of 2048 (~10 examples each) x batch 2
-    # x accumulation 4, against 16 padded examples x accumulation 5. 20 steps each, the same schedule.
+    # Same seed and ~80 examples per optimizer step in both: 8 packed rows of 2048 (~10 examples each), against
+    # 80 padded examples as 16 x accumulation 5. 20 steps each, the same schedule.
     [ -d /tmp/gpu-job/packed/data/formatted ] || step python3 -m benchmarks.gpu_job run --out "$results/data" \
       --workspace /tmp/gpu-job/packed --stages sample,format "${set_args[@]}"
     step python3 -m benchmarks.gpu_job run --out "$results/packed20" --stages train \
       --reuse-data /tmp/gpu-job/packed "${set_args[@]}" --set train.max_steps=20
     step env UNSLOTH_DISABLE_AUTO_PADDING_FREE=1 python3 -m benchmarks.gpu_job run --out "$results/unpacked20" \
       --stages train --reuse-data /tmp/gpu-job/packed "${set_args[@]}" --set train.max_steps=20 \
-      --set train.packing=false --set train.batch_size=16 --set train.gradient_accumulation_steps=5
+      --set train.packing=false --set train.rows_per_step=80 --set train.batch_size=16
     step python3 -m benchmarks.gpu_job plot "$results/packed20" "$results/unpacked20" \
       --labels "packed (train.batch_size x accumulation from params.yaml),unpacked (16 padded rows x accum 5)" \
       --out "$results/loss_curves.png" ;;

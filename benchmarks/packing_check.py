@@ -29,14 +29,16 @@ from typing import Any
 
 
 def packed_batches(model, tokenizer, rows: list[dict[str, Any]], *, model_params: dict, train_params: dict,
-                   runtime_params: dict):
-    """The train stage's own packed batches (an iterator), the packing switches in effect, and the trainer."""
+                   runtime_params: dict, plan):
+    """The train stage's own packed batches (an iterator), the packing switches in effect, and the trainer.
+
+    `plan`: the micro-batch and checkpointing (alpaca_qlora.training.memory.BatchPlan) the trainer runs with."""
     from alpaca_qlora.training import trainer as training
 
     if not train_params["packing"]:
         raise SystemExit("packing_check: train.packing is false in params.yaml; there is nothing to check")
     config = training.sft_config(model_params=model_params, train_params=train_params,
-                                 runtime_params={**runtime_params, "save_steps": 0},
+                                 runtime_params={**runtime_params, "save_steps": 0}, plan=plan,
                                  output_dir=Path("build/packing-check"), report_to=[])
     trainer = training.pipeline_trainer(model=model, args=config, train_dataset=training.training_dataset(rows),
                                         processing_class=tokenizer)
@@ -123,9 +125,16 @@ def main() -> None:
     if args.max_length:
         model_params["max_seq_length"] = args.max_length
 
+    from alpaca_qlora.training.memory import plan_for_run
+
+    # The stage's own plan (train.batch_size / gradient_checkpointing, auto or not), for one process; packed
+    # rows are max_seq_length long whatever the data.
+    plan = plan_for_run(backend=backend.name, model_params=model_params, lora_params=lora_params,
+                        train_params=train_params, rows=[])
     started = time.perf_counter()
     with patches.for_training(backend.name):  # as the train stage runs
-        model, tokenizer = backend.load_for_training(model_params, lora_params, seed=train_params["seed"])
+        model, tokenizer = backend.load_for_training(model_params, lora_params, seed=train_params["seed"],
+                                                     gradient_checkpointing=plan.gradient_checkpointing)
         if args.synthetic_rows:
             from benchmarks.alpaca_length_data import make_token_rows
 
@@ -135,7 +144,8 @@ def main() -> None:
 
             rows = read_jsonl(args.formatted / "train.jsonl")[:args.rows]
         batches, effective, _ = packed_batches(model, tokenizer, rows, model_params=model_params,
-                                               train_params=train_params, runtime_params=load_section("runtime"))
+                                               train_params=train_params, runtime_params=load_section("runtime"),
+                                               plan=plan)
         results = compare_packed_to_alone(model, next(batches), max_examples=args.max_examples)
     report = {"backend": backend.name, "model": model_params["name"], "effective": effective,
               "summary": summarize(results), "examples": results, "device": device_description(),

@@ -20,8 +20,9 @@ Modes:
   is one causal pass over the whole row. Wrong math (examples see each other): a timing reference only,
   whose difference to `packed` is the cost of keeping examples apart.
 
-Gradient checkpointing is switched on the way Trainer.train() does it (SFTConfig's default), so the
-activation memory and the recomputation are those of the train stage.
+Gradient checkpointing is on (the backend's memory-saving kind, as in the seed: Unsloth's offloaded one),
+switched on the way Trainer.train() does it, so activation memory and recomputation are those of a
+checkpointed train stage.
 
 Each backend runs in its own process, because importing Unsloth patches transformers for the whole
 process. Ratios are to the `unsloth` `full_row` step of the same run. On a CPU the timings mean nothing;
@@ -143,6 +144,7 @@ def run_backend(backend: str, args) -> dict[str, Any]:
     from alpaca_qlora.params import load_section
     from alpaca_qlora.provenance import device_description, library_versions
     from benchmarks.alpaca_length_data import make_token_rows
+    from alpaca_qlora.training.memory import BatchPlan
     from benchmarks.packing_check import packed_batches
 
     model_params, lora_params = load_section("model"), load_section("lora")
@@ -157,7 +159,8 @@ def run_backend(backend: str, args) -> dict[str, Any]:
     # Built before the optimizer: SFTTrainer casts a quantized model's LoRA weights to bf16 (QLoRA practice),
     # so every mode then trains the same bf16 adapters the train stage trains.
     batches, effective, trainer = packed_batches(model, tokenizer, rows, model_params=model_params,
-                                                 train_params=train_params, runtime_params=load_section("runtime"))
+                                                 train_params=train_params, runtime_params=load_section("runtime"),
+                                                 plan=BatchPlan.fixed(2, 1, loader.saving_checkpointing))
     packed = {"batches": batches, "effective": effective}
     if trainer.args.gradient_checkpointing:  # as Trainer.train() does before its first step
         gc_kwargs = dict(trainer.args.gradient_checkpointing_kwargs or {})

@@ -7,8 +7,6 @@ stage script) and the file's comments are kept.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from ruamel.yaml import YAML
 
 from tests.imports import ROOT, package_files_imported_by

@@ -11,21 +11,22 @@ reports/generations.md (where base and adapter differ most) and reports/timing.j
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from alpaca_qlora import progress
 from alpaca_qlora.errors import run_main
+from alpaca_qlora.fast_exit import exit_now
 from alpaca_qlora.evaluation import report, results, tracking
 from alpaca_qlora.evaluation.scores import reference_text
 from alpaca_qlora.files import read_jsonl
 from alpaca_qlora.modeling import inference
 from alpaca_qlora.modeling.adapter import AdapterMetadata
 from alpaca_qlora.params import load_section
+from alpaca_qlora.timeline import Timeline
 
 
 def main() -> None:
-    started = time.perf_counter()
+    timeline = Timeline()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--eval", type=Path, default=Path("data/formatted/eval.jsonl"))
     parser.add_argument("--adapter", type=Path, default=Path("models/adapter"))
@@ -39,23 +40,26 @@ def main() -> None:
     from alpaca_qlora.evaluation.heldout import describe, judge
     from alpaca_qlora.evaluation.lm_eval import lm_eval_scores
 
-    imported = time.perf_counter()
+    timeline.mark("imports")
     model, tokenizer = inference.load(path, model_params, args.adapter)
-    loaded = time.perf_counter()
+    timeline.mark("model_load")
     rows = read_jsonl(args.eval)
     adapter = judge(model, tokenizer, rows, params, static=inference.static_decoding(path))
     adapter.figures.update(lm_eval_scores(model, tokenizer, params))
-    adapter.timing.update(import_s=round(imported - started, 3), load_s=round(loaded - imported, 3),
-                          total_s=round(time.perf_counter() - started, 3))
+    timeline.mark("heldout_and_lm_eval")
+    adapter.timing.update(import_s=round(timeline.seconds("startup") + timeline.seconds("imports"), 3),
+                        load_s=round(timeline.seconds("model_load"), 3), total_s=timeline.as_dict()["total_s"])
     records = results.generation_records(rows, [reference_text(row, tokenizer.eos_token) for row in rows],
                                          base, adapter)
     metrics = results.write_adapter_reports(args.out, base, adapter, records)
     report.write_generations_report(args.out / "generations.md", metrics, records, model_params["name"], path)
     tracking.log_generations(metrics, records, load_section("runtime"))
     print(f"evaluate: base {describe(base)}")
+    timeline.write("evaluate", last_phase="save")
     print(progress.summary(f"evaluate: wrote {args.out}/ (metrics, generations, report); adapter via {path}: "
                            f"{describe(adapter)}; load {adapter.timing['load_s']:.1f}s"))
 
 
 if __name__ == "__main__":
     run_main(main)
+    exit_now()  # outputs are complete: skip the interpreter's teardown (alpaca_qlora/fast_exit.py)

@@ -2,7 +2,8 @@
 
 Reads params `format.*` and the `model.*` keys that decide tokenization. Writes
 data/formatted/{train,eval}.jsonl (text for people, input_ids + completion_mask for training) and
-stats.json (token-length statistics, rows over max_seq_length, truncated and dropped ids).
+stats.json (token-length statistics, rows over max_seq_length, truncated and dropped ids), and the stage's
+timeline in reports/timelines/format.json.
 """
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ from alpaca_qlora import progress
 from alpaca_qlora.data.formatting import TooLongError, format_records
 from alpaca_qlora.data.template import PromptTemplate
 from alpaca_qlora.errors import run_main
+from alpaca_qlora.fast_exit import exit_now
 from alpaca_qlora.files import atomic_directory, read_jsonl, write_json, write_jsonl
 from alpaca_qlora.modeling.tokenizer import load_tokenizer
 from alpaca_qlora.params import load_section
+from alpaca_qlora.timeline import Timeline
 
 
 def main() -> None:
+    timeline = Timeline()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sampled", type=Path, default=Path("data/sampled"))
     parser.add_argument("--out", type=Path, default=Path("data/formatted"))
@@ -27,13 +31,14 @@ def main() -> None:
 
     template = PromptTemplate.load(params["template"])  # before the seconds a tokenizer takes to load
     tokenizer = load_tokenizer(model_params)
+    timeline.mark("tokenizer_load")
     stats = {"template": template.as_dict(), "input_free_variant": params["input_free_variant"],
              "too_long": params["too_long"], "eos_token": tokenizer.eos_token}
     outputs = {}
     for split in ("train", "eval"):
         records = read_jsonl(args.sampled / f"{split}.jsonl")
         rows, report = format_records(
-            progress.bar(records, desc=f"format: {split}", unit="record"), tokenizer=tokenizer, template=template,
+            records, tokenizer=tokenizer, template=template,
             input_free_variant=params["input_free_variant"], max_seq_length=model_params["max_seq_length"],
             too_long=params["too_long"])
         if not rows:
@@ -45,12 +50,15 @@ def main() -> None:
         print(f"format: {split}: {len(rows)} rows, mean {stats[split]['tokens_mean']} tokens, "
               f"{stats[split]['rows_over_max_seq_length']} over max_seq_length "
               f"({len(report.truncated_ids)} truncated, {len(report.dropped_ids)} dropped)")
+    timeline.mark("format")
     with atomic_directory(args.out) as staging:  # nothing is written until every row is formatted
         for name, rows in outputs.items():
             write_jsonl(staging / name, rows)
         write_json(staging / "stats.json", stats)
-    print(progress.summary(f"format: wrote {args.out}/ (train.jsonl, eval.jsonl, stats.json)"))
+    timeline.write("format", last_phase="save")
+    print(progress.summary(f"format: wrote {args.out}/ (train.jsonl, eval.jsonl, stats.json); {timeline.summary()}"))
 
 
 if __name__ == "__main__":
     run_main(main)
+    exit_now()  # outputs are complete: skip the interpreter's teardown (alpaca_qlora/fast_exit.py)

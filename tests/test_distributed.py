@@ -28,14 +28,16 @@ def consumed(batch_log, rank: int) -> tuple[list[list[str]], int]:
     return [line["examples"] for line in lines], sum(line["fillers"] for line in lines)
 
 
+# 16 rows a step over 2 processes: 8 each, in one pass (train.batch_size auto on a CPU).
 # hf keeps packing on a CPU: 800 examples -> 223 packed rows, so 1 filler row makes 14 steps of 2 x 8 rows.
 # Unsloth turns packing off on a CPU: 800 rows = 50 steps of 2 x 8, nothing to fill.
-@pytest.mark.parametrize("backend, steps, fillers", [("hf", 14, 1), ("unsloth", 50, 0)])
+# Gradient checkpointing auto: off for Unsloth (it fits), kept for hf (no measured memory model without it).
+@pytest.mark.parametrize("backend, steps, fillers, checkpointing", [("hf", 14, 1, "true"), ("unsloth", 50, 0, "off")])
 def test_two_processes_train_each_example_once_and_rank0_alone_writes(workspace_copy, tmp_path, backend, steps,
-                                                                      fillers):
+                                                                      fillers, checkpointing):
     batch_log = tmp_path / "batches"
     output = run_dvc(workspace_copy, "exp", "run", "-S", f"train.backend={backend}", "-S", "train.num_processes=2",
-                     env={distributed.BATCH_LOG_ENV: str(batch_log)})
+                     "-S", "train.rows_per_step=16", env={distributed.BATCH_LOG_ENV: str(batch_log)})
     assert stages_run(output) == ["train", "evaluate"], "dvc.yaml's train command is unchanged"
     assert "2 data-parallel processes per node through torchrun" in output
     assert output.count("train: loss ") == 1, "rank 0 alone reports"
@@ -45,6 +47,8 @@ def test_two_processes_train_each_example_once_and_rank0_alone_writes(workspace_
     assert (effective["num_processes"], effective["per_device_batch_size"],
             effective["gradient_accumulation_steps"], effective["effective_batch_size"]) == (2, 8, 1, 16)
     assert effective["global_steps"] == steps and effective["filler_rows"] == fillers
+    assert effective["gradient_checkpointing"] == checkpointing
+    assert effective["gradient_checkpointing_active"] is (checkpointing != "off"), "the layers do what was planned"
     assert effective["replica_divergence"] == 0.0, "DDP kept the two replicas identical"
     assert results["real_tokens"] == REAL_TOKENS, "summed over the ranks, every real token once"
     assert math.isfinite(results["train_loss"]) and results["train_loss"] < 11
@@ -98,6 +102,41 @@ def test_accelerate_command_maps_the_same_rendezvous_and_refuses_a_cpu():
                                                                     "PET_MASTER_PORT": "1"}, on_gpu=True)
     with pytest.raises(LaunchError, match="runtime.launcher=torchrun"):
         launch_command(2, "accelerate", "stages.train", [], environ={}, on_gpu=False)
+
+
+def test_the_launcher_counts_gpus_without_torch_and_launches_one_process_per_node(tmp_path):
+    driver = tmp_path / "gpus"
+    for bus in ("0000:18:00.0", "0000:2a:00.0", "0000:3a:00.0", "0000:5d:00.0"):
+        (driver / bus).mkdir(parents=True)
+    assert launch.visible_gpus({}, driver) == 4
+    assert launch.visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}, driver) == 2
+    assert launch.visible_gpus({"CUDA_VISIBLE_DEVICES": "0,-1,2"}, driver) == 1, "CUDA stops at -1"
+    assert launch.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, driver) == 0
+    assert launch.visible_gpus({}, tmp_path / "no-driver") is None, "no NVIDIA driver: torch is asked"
+    assert launch.several_nodes({"PET_NNODES": "2"}) and launch.several_nodes({"PET_NNODES": "1:4"})
+    assert not launch.several_nodes({}) and not launch.several_nodes({"PET_NNODES": "1"})
+
+
+def test_the_launcher_process_of_a_gpu_machine_never_imports_torch(tmp_path):
+    """Only torchrun's workers need torch: the process that starts them spends no seconds importing it."""
+    import subprocess
+    import sys
+
+    for bus in ("0000:18:00.0", "0000:2a:00.0"):
+        (tmp_path / "gpus" / bus).mkdir(parents=True)
+    code = (f"import subprocess, sys, pathlib\nfrom alpaca_qlora.training import launch\n"
+            f"launch.NVIDIA_GPUS = pathlib.Path({str(tmp_path / 'gpus')!r})\n"
+            "subprocess.run = lambda command, **kw: print(' '.join(command), kw['env']['ALPACA_QLORA_STAGE_STARTED'])"
+            " or type('Done', (), {'returncode': 0})\n"
+            "status = launch.setup_process(2, 'torchrun', 'stages.train', ['--out', 'x'])\n"
+            "print(status, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in __import__("os").environ.items() if k not in launch.WORKER_ENV})
+    assert done.returncode == 0, done.stderr
+    command, status = done.stdout.strip().splitlines()[-2:]
+    assert "torch.distributed.run --standalone --nproc-per-node 2 -m stages.train --out x" in command
+    assert float(command.split()[-1]) > 0, "the workers' timelines start at the launcher's start"
+    assert status == "0 False", "status 0 returned, torch never imported"
 
 
 def test_a_worker_launched_with_another_process_count_than_params_stops():

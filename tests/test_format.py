@@ -6,8 +6,10 @@ import json
 import pytest
 
 from alpaca_qlora.data.formatting import TooLongError, format_records
-from alpaca_qlora.modeling.tokenizer import load_tokenizer
 from alpaca_qlora.data.template import PromptTemplate
+from alpaca_qlora.files import read_jsonl
+from alpaca_qlora.modeling.tokenizer import load_tokenizer, token_ids
+from tests.conftest import REPO_ROOT
 
 WITH_INPUT = {"id": 0, "instruction": "Add the numbers.", "input": "2 and 3", "output": "The sum is 5."}
 NO_INPUT = {"id": 1, "instruction": "Name a colour.", "input": "", "output": "Blue."}
@@ -80,3 +82,28 @@ def test_formatted_outputs_of_the_pipeline(reproduced_workspace):
     assert 40 < stats["train"]["tokens_mean"] < 120 and stats["train"]["rows_over_max_seq_length"] == 0
     first = json.loads((reproduced_workspace / "data/formatted/train.jsonl").read_text().splitlines()[0])
     assert first["input_ids"][-1] == 2 and first["prompt"].endswith("### Response:\n")
+
+
+AWKWARD = [  # what real instruction data holds: unicode, emoji, literal special tokens, odd whitespace, code
+    {"id": 10, "instruction": "Traduis « bonjour » en 日本語 🙂", "input": "", "output": "こんにちは — ça va?"},
+    {"id": 11, "instruction": "  Leading and trailing spaces  ", "input": "\tTabbed\ninput\r\n", "output": " x "},
+    {"id": 12, "instruction": "Explain </s> and <s> and [INST]", "input": "<unk>", "output": "They are </s> tokens."},
+    {"id": 13, "instruction": "Code", "input": "def f(x):\n    return x**2", "output": "```python\nprint(1)\n```"},
+    {"id": 14, "instruction": "Numbers 3.14159 and 1,000,000", "input": "", "output": "\n\n\nDone.\n"},
+]
+
+
+def test_batched_tokenization_gives_the_ids_of_row_by_row_calls(tokenizer):
+    """The format stage tokenizes all rows in one batch; the ids are those of one call per text, as before."""
+    records = [{"id": i, **r} for i, r in enumerate(read_jsonl(REPO_ROOT / "data/offline/alpaca_synthetic.jsonl"))]
+    records += AWKWARD + [LONG]
+    rows, _ = fmt(records, tokenizer, max_seq_length=256)
+    template = PromptTemplate.load("alpaca")
+    for record, row in zip(records, rows, strict=True):
+        prompt_ids = tokenizer(template.render_prompt(record, input_free_variant=True))["input_ids"]
+        response_ids = tokenizer(record["output"], add_special_tokens=False)["input_ids"]
+        expected = (prompt_ids + response_ids)[:255] + [tokenizer.eos_token_id]
+        assert row["input_ids"] == expected, record["id"]
+    assert rows[-1]["truncated"] and len(rows) == len(records) == 2006
+    literal = token_ids(tokenizer, ["a </s> b"], add_special_tokens=False)[0]
+    assert tokenizer.eos_token_id in literal and literal == tokenizer("a </s> b", add_special_tokens=False)["input_ids"]

@@ -20,7 +20,8 @@ def test_committed_params_are_the_seed_configuration():
     assert params["data"]["source"] == "yahma/alpaca-cleaned" and params["data"]["fraction"] == 0.1
     train = params["train"]
     assert (train["backend"], train["epochs"], train["learning_rate"], train["seed"]) == ("unsloth", 1, 2e-4, 3407)
-    assert (train["batch_size"], train["gradient_accumulation_steps"], train["warmup_steps"]) == (4, 2, 5)
+    assert (train["rows_per_step"], train["warmup_steps"]) == (8, 5), "the notebook's 2 x 4 rows a step"
+    assert (train["batch_size"], train["gradient_checkpointing"]) == ("auto", "auto"), "what fits the GPU"
     assert (train["optimizer"], train["lr_scheduler"]) == ("adamw_8bit", "linear")
 
 
@@ -46,6 +47,15 @@ def test_yaml_1_2_reads_scientific_notation_as_float(tmp_path):
     ("  r: 16", "  r: sixteen", "key 'lora.r' must be int"),
     ("  packing: true", "  packing: 1", "key 'train.packing' must be bool"),
     ("  backend: unsloth", "  backend: deepspeed", "key 'train.backend' must be one of unsloth, hf"),
+    ("  batch_size: auto", "  batch_size: max", "key 'train.batch_size' must be auto or a positive integer"),
+    ("  batch_size: auto", "  batch_size: 0", "key 'train.batch_size' must be auto or a positive integer"),
+    ("  gradient_checkpointing: auto", "  gradient_checkpointing: yes please",
+     "key 'train.gradient_checkpointing' must be one of auto, unsloth, true, false, got 'yes please'"),
+    ("  gradient_checkpointing: auto", "  gradient_checkpointing: 1", "must be str or bool, got 1"),
+    ("  gradient_checkpointing: auto", "  gradient_checkpointing: 'false'",
+     "key 'train.gradient_checkpointing' must be one of auto, unsloth, true, false, got 'false'; it is a quoted "
+     "string: write false without quotes"),
+    ("  rows_per_step: 8", "  rows_per_step: '8'", "key 'train.rows_per_step' must be int, got '8'; it is a quoted"),
     ("  epochs: 1", "  epochs: 1\n  epochz: 2", "unknown key(s) train.epochz"),
     ("  seed: 3407\n\nmodel", "\nmodel", "key 'data.seed' is missing"),
 ])

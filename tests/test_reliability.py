@@ -87,7 +87,9 @@ def committed(section: str) -> dict:
     ("train", {"backend": "vllm"}, "key 'train.backend' must be one of unsloth, hf, got 'vllm'"),
     ("train", {"learning_rate": "2e-4"},
      "key 'train.learning_rate' must be float, got '2e-4'; it is a quoted string: write 2e-4 without quotes"),
-    ("train", {"batch_size": "8"}, "key 'train.batch_size' must be int, got '8'; it is a quoted string"),
+    ("train", {"batch_size": "8"}, "key 'train.batch_size' must be auto or a positive integer, got '8'; it is a "
+                                   "quoted string"),
+    ("train", {"rows_per_step": "8"}, "key 'train.rows_per_step' must be int, got '8'; it is a quoted string"),
     ("runtime", {"save_steps": -1}, "key 'runtime.save_steps' must be 0 (no checkpoints) or a positive number"),
     ("model", {"trust_remote_code": "no"}, "key 'model.trust_remote_code' must be bool, got 'no'"),
     ("model", {"max_seq_length": 8}, "key 'model.max_seq_length' must be at least 16, got 8"),

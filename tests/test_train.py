@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from safetensors import safe_open
 
 from alpaca_qlora.files import file_sha256
@@ -40,6 +41,30 @@ def test_adapter_is_safetensors_with_its_config_tokenizer_and_metadata(reproduce
     assert meta["effective"]["optimizer"] and meta["effective"]["device"]["type"] == "cpu"
     assert meta["params"]["train"]["packing"] is True and meta["effective"]["packing"] is False, \
         "Unsloth turns packing off on a CPU, and the metadata says what actually ran"
+
+
+def test_the_adapter_records_its_batch_plan_and_every_stage_its_timeline(reproduced_workspace):
+    """auto on a CPU: the whole step of 8 rows in one pass, no gradient checkpointing, and the layers agree."""
+    meta = json.loads((reproduced_workspace / "models/adapter/metadata.json").read_text())
+    effective = meta["effective"]
+    assert (effective["per_device_batch_size"], effective["gradient_accumulation_steps"],
+            effective["effective_batch_size"], effective["chosen_by"]) == (8, 1, 8, "auto")
+    assert effective["gradient_checkpointing"] == "off" and effective["gradient_checkpointing_active"] is False
+    assert 0 < effective["predicted_peak_gib"] < effective["free_memory_gib"]
+    assert meta["params"]["train"]["batch_size"] == "auto" and meta["params"]["train"]["rows_per_step"] == 8
+
+    expected = {"sample": ["startup", "load", "sample", "save"], "format": ["startup", "tokenizer_load", "format", "save"],
+                "train": ["startup", "imports", "data_and_plan", "model_load", "trainer_setup", "first_step", "loop",
+                          "save"],
+                "evaluate": ["startup", "imports", "model_load", "base_model", "adapter", "save"]}
+    for stage, phases in expected.items():
+        timeline = json.loads((reproduced_workspace / f"reports/timelines/{stage}.json").read_text())
+        assert [name for name, _ in timeline["phases"]] == phases, stage
+        assert sum(seconds for _, seconds in timeline["phases"]) == pytest.approx(timeline["total_s"], abs=0.05)
+    train = dict(json.loads((reproduced_workspace / "reports/timelines/train.json").read_text())["phases"])
+    runtime = meta["results"]["train_runtime_s"]
+    assert train["first_step"] + train["loop"] == pytest.approx(runtime, rel=0.05, abs=0.5), "the Trainer's own clock"
+    assert dict(meta["timeline"]["phases"])["model_load"] == train["model_load"] == meta["results"]["model_load_s"]
 
 
 def test_training_curves_go_to_dvclive(reproduced_workspace):

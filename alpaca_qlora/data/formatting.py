@@ -13,6 +13,7 @@ import numpy as np
 
 from alpaca_qlora.data.template import PromptTemplate
 from alpaca_qlora.errors import UserError
+from alpaca_qlora.modeling.tokenizer import token_ids
 
 
 class TooLongError(UserError, ValueError):
@@ -44,7 +45,7 @@ class LengthReport:
 
 def format_records(records: list[dict[str, Any]], *, tokenizer, template: PromptTemplate,
                    input_free_variant: bool, max_seq_length: int, too_long: str):
-    """Render and tokenize `records` (each with an "id"); return the rows kept and a LengthReport.
+    """Render and tokenize `records` (each with an "id"), all in one batch; return the rows kept and a LengthReport.
 
     The prompt is tokenized with the tokenizer's special tokens (BOS), the response without, then EOS is
     appended by id, so it can never be lost to a tokenizer setting. A row over `max_seq_length` is, by
@@ -54,11 +55,11 @@ def format_records(records: list[dict[str, Any]], *, tokenizer, template: Prompt
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
         raise ValueError("the tokenizer has no EOS token; rows could never teach the model to stop")
+    prompts = [template.render_prompt(record, input_free_variant=input_free_variant) for record in records]
+    all_prompt_ids = token_ids(tokenizer, prompts, add_special_tokens=True)
+    all_response_ids = token_ids(tokenizer, [record["output"] for record in records], add_special_tokens=False)
     rows, report = [], LengthReport()
-    for record in records:
-        prompt = template.render_prompt(record, input_free_variant=input_free_variant)
-        prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        response_ids = tokenizer(record["output"], add_special_tokens=False)["input_ids"]
+    for record, prompt, prompt_ids, response_ids in zip(records, prompts, all_prompt_ids, all_response_ids):
         full_length = len(prompt_ids) + len(response_ids) + 1
         report.lengths.append(full_length)
         truncated = False

@@ -88,14 +88,13 @@ def static_greedy(model, encoded, max_new_tokens: int, eos_token_id: int, stream
     """Greedy rows through static_decoding.greedy_decode; a streamer gets the prompt, then each new token."""
     from alpaca_qlora.evaluation.static_decoding import greedy_decode
 
-    on_token = None
+    def on_token(tokens):
+        streamer.put(tokens.cpu())
+
     if streamer is not None:
         streamer.put(encoded["input_ids"].cpu())  # the prompt, which the streamer skips
-
-        def on_token(tokens):
-            streamer.put(tokens.cpu())
     decoded = greedy_decode(model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens=max_new_tokens,
-                            eos_token_id=eos_token_id, on_token=on_token)
+                            eos_token_id=eos_token_id, on_token=on_token if streamer is not None else None)
     if streamer is not None:
         streamer.end()
     return [item.token_ids for item in decoded]

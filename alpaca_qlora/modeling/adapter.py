@@ -7,7 +7,7 @@ An adapter found alone therefore still says how to rebuild its prompt and its ba
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,6 +38,7 @@ class AdapterMetadata:
     effective: dict[str, Any]  # what actually ran, after the libraries' own adjustments (Unsloth on CPU, ...)
     results: dict[str, Any]  # loss, runtime, real tokens and tokens/s of this process's steps, peak memory
     libraries: dict[str, str]
+    timeline: dict[str, Any] | None = None  # where the stage's seconds went (alpaca_qlora/timeline.py)
 
     @property
     def model_params(self) -> dict[str, Any]:
@@ -65,10 +66,11 @@ class AdapterMetadata:
         except (ValueError, UnicodeDecodeError) as error:
             raise AdapterError(f"{path}: not valid JSON ({error}); restore the folder (`dvc checkout "
                                "models/adapter`) or retrain") from None
-        missing = [field.name for field in fields(cls) if not isinstance(found, dict) or field.name not in found]
+        missing = [field.name for field in fields(cls) if (not isinstance(found, dict) or field.name not in found)
+                   and field.default is MISSING]
         if missing:
             raise AdapterError(f"{path}: no {', '.join(missing)} recorded; retrain with the current train stage")
-        return cls(**{field.name: found[field.name] for field in fields(cls)})
+        return cls(**{field.name: found[field.name] for field in fields(cls) if field.name in found})
 
 
 def check_adapter_folder(adapter_dir: Path) -> Path:
@@ -93,10 +95,16 @@ def check_adapter_folder(adapter_dir: Path) -> Path:
     return folder
 
 
-def save_adapter(out: Path, model, tokenizer, metadata: AdapterMetadata) -> None:
+def save_adapter(out: Path, model, tokenizer, metadata: AdapterMetadata, *, timeline=None) -> None:
     """Adapter safetensors, config, tokenizer and metadata.json, all renamed into `out` at once when complete:
-    a full disk or a kill while saving leaves no folder that looks like a valid adapter."""
+    a full disk or a kill while saving leaves no folder that looks like a valid adapter.
+
+    With a `timeline`, the weights' writing is its phase "save", and metadata.json records the timeline up
+    to there (the flush to disk and the rename come after)."""
     with atomic_directory(out) as staging:
         model.save_pretrained(str(staging), safe_serialization=True)
         tokenizer.save_pretrained(str(staging))
+        if timeline is not None:
+            timeline.mark("save")
+            metadata = replace(metadata, timeline=timeline.as_dict())
         write_json(staging / METADATA_FILE, metadata.as_dict())

@@ -1,6 +1,6 @@
 """The backend rule, in one place: which library loads the base model and the adapter.
 
-`unsloth`: FastLanguageModel (4-bit, Unsloth kernels, gradient checkpointing "unsloth").
+`unsloth`: FastLanguageModel (4-bit, Unsloth kernels, its offloaded gradient checkpointing when needed).
 `hf`: transformers + bitsandbytes NF4 + peft.
 Both take the same params sections and return a PEFT model and its tokenizer, so stages, tools and
 benchmarks never branch on the backend: they call `backends.get(name)` and use what it returns. Unsloth
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from alpaca_qlora.modeling.adapter import check_adapter_folder
+from alpaca_qlora.modeling.compile_caches import use_project_caches
 from alpaca_qlora.modeling.offline_models import resolve_model_path
 from alpaca_qlora.modeling.preflight import (EnvironmentProblem, check_backend_device, check_before_loading,
                                              check_model_reachable, check_target_modules)
@@ -30,10 +31,12 @@ def get(name: str, *, model_name: str | None = None) -> "Backend":
     """The backend called `name` (train.backend). For "unsloth", Unsloth is imported here, first.
 
     With `model_name`, this machine is first checked to be able to run it (check_backend_device), before
-    the seconds that importing Unsloth takes.
+    the seconds that importing Unsloth takes. The compilers' caches are pointed at build/compile-cache/
+    first, so a rerun skips the compilation.
     """
     if model_name is not None:
         check_backend_device(name, model_name)
+    use_project_caches()
     if name == "unsloth":
         import unsloth  # noqa: F401  (patches transformers, peft and TRL: must come before them)
 
@@ -56,13 +59,20 @@ def lora_kwargs(lora_params: dict[str, Any]) -> dict[str, Any]:
 
 class Backend:
     name: str
+    saving_checkpointing: str  # the gradient checkpointing that saves the most memory
 
-    def load_for_training(self, model_params: dict[str, Any], lora_params: dict[str, Any], *, seed: int):
-        """4-bit base model with fresh LoRA adapters on it, ready for TRL's SFTTrainer."""
+    def load_for_training(self, model_params: dict[str, Any], lora_params: dict[str, Any], *, seed: int,
+                          gradient_checkpointing: str | None = None):
+        """4-bit base model with fresh LoRA adapters on it, ready for TRL's SFTTrainer.
+
+        `gradient_checkpointing`: "off", "true" or "unsloth" (training.memory decides it; None: the backend's
+        memory-saving default, "unsloth" or "true"). The SFTConfig must say the same (training.trainer).
+        """
         check_before_loading(self.name, model_params)
         model, tokenizer = self._base(resolve_model_path(model_params), model_params)
         check_target_modules(model, lora_params["target_modules"], model_params["name"])
-        return self._add_lora(model, model_params, lora_params, seed), ensure_pad_token(tokenizer)
+        mode = gradient_checkpointing or self.saving_checkpointing
+        return self._add_lora(model, model_params, lora_params, seed, mode), ensure_pad_token(tokenizer)
 
     def load_for_inference(self, model_params: dict[str, Any]):
         """The 4-bit base model alone, in eval mode: what the adapter was trained on."""
@@ -86,7 +96,7 @@ class Backend:
     def _base(self, path: str, model_params: dict[str, Any]):
         raise NotImplementedError
 
-    def _add_lora(self, model, model_params, lora_params, seed):
+    def _add_lora(self, model, model_params, lora_params, seed, gradient_checkpointing):
         raise NotImplementedError
 
     def _inference_mode(self, model) -> None:
@@ -94,7 +104,7 @@ class Backend:
 
 
 class Unsloth(Backend):
-    name = "unsloth"
+    name, saving_checkpointing = "unsloth", "unsloth"
 
     def _base(self, path, model_params):
         from unsloth import FastLanguageModel
@@ -104,11 +114,12 @@ class Unsloth(Backend):
             load_in_4bit=model_params["load_in_4bit"], use_safetensors=True,
             trust_remote_code=model_params["trust_remote_code"])
 
-    def _add_lora(self, model, model_params, lora_params, seed):
+    def _add_lora(self, model, model_params, lora_params, seed, gradient_checkpointing):
         from unsloth import FastLanguageModel
 
+        use = {"off": False, "true": True, "unsloth": "unsloth"}[gradient_checkpointing]
         return FastLanguageModel.get_peft_model(
-            model, **lora_kwargs(lora_params), use_gradient_checkpointing="unsloth", random_state=seed,
+            model, **lora_kwargs(lora_params), use_gradient_checkpointing=use, random_state=seed,
             max_seq_length=model_params["max_seq_length"])
 
     def _inference_mode(self, model) -> None:
@@ -119,17 +130,19 @@ class Unsloth(Backend):
 
 
 class HF(Backend):
-    name = "hf"
+    name, saving_checkpointing = "hf", "true"
 
     def _base(self, path, model_params):
         return load_transformers_model(path, model_params)
 
-    def _add_lora(self, model, model_params, lora_params, seed):
+    def _add_lora(self, model, model_params, lora_params, seed, gradient_checkpointing):
         import torch
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+        if gradient_checkpointing == "unsloth":
+            raise ValueError("gradient checkpointing 'unsloth' needs train.backend=unsloth")
         if model_params["load_in_4bit"]:
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing == "true")
         torch.manual_seed(seed)  # LoRA's A matrices are drawn from the global generator
         return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora_kwargs(lora_params)))
 

@@ -3,14 +3,18 @@
 Under DDP (training/launch.py starts the processes) accelerate shards every batch across the processes.
 `pad_to_even_shards` keeps the shards even without repeating examples, `replica_divergence` proves after
 training that the processes stayed in step, and `record_batch` logs what each rank trained on, for the
-tests and the scaling benchmark.
+tests and the scaling benchmark. Before training, `same_on_every_process` checks that the processes planned
+the same micro-batches, and `agreed_checkpoint` makes them resume from the same checkpoint, or all start over.
 """
 from __future__ import annotations
 
 import os
 from typing import Any, Mapping, Sequence
 
-from alpaca_qlora.training.launch import rank
+from pathlib import Path
+
+from alpaca_qlora.training.checkpoints import PREFIX, checkpoint_step, is_complete, last_complete_checkpoint
+from alpaca_qlora.training.launch import LaunchError, is_main_process, rank
 
 # Debug / benchmark hook: a folder where each rank appends what it trained on, and when (see record_batch).
 BATCH_LOG_ENV = "ALPACA_QLORA_BATCH_LOG"
@@ -117,3 +121,47 @@ def replica_divergence(model) -> float:
     largest = largest.to(device)
     dist.all_reduce(largest, op=dist.ReduceOp.MAX)
     return float(largest)
+
+
+def _process_group():
+    """torch.distributed, when the Trainer's accelerate state has initialized a group of several processes."""
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
+
+
+def same_on_every_process(values: list, what: str) -> None:
+    """Raise on every process unless all of them pass equal `values` (DDP would hang or diverge otherwise)."""
+    dist = _process_group()
+    if dist is None:
+        return
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, list(values))
+    if any(found != gathered[0] for found in gathered):
+        raise LaunchError(f"train: the processes chose different {what} (per rank: {gathered})")
+
+
+def agreed_checkpoint(checkpoint_dir: Path, *, enabled: bool) -> Path | None:
+    """The checkpoint every process resumes from: rank 0's last complete one, when every process sees it.
+
+    Rank 0 alone looks (and removes checkpoints killed mid-save); the others check the one it names. On
+    several nodes whose build/checkpoints/ are separate disks the other nodes hold only their RNG states, so
+    every process starts over rather than some resuming and some not.
+    """
+    chosen = last_complete_checkpoint(checkpoint_dir) if enabled and is_main_process() else None
+    dist = _process_group()
+    if dist is None:
+        return chosen
+    step = [checkpoint_step(chosen) if chosen is not None else None]
+    dist.broadcast_object_list(step, src=0)
+    if step[0] is None:
+        return None
+    path = Path(checkpoint_dir) / f"{PREFIX}{step[0]}"
+    seen: list = [None] * dist.get_world_size()
+    dist.all_gather_object(seen, is_complete(path))
+    if not all(seen):
+        if is_main_process():
+            print(f"train: rank(s) {[r for r, ok in enumerate(seen) if not ok]} cannot see {path} (build/checkpoints/ "
+                  "is not shared by the nodes): every process starts over")
+        return None
+    return path

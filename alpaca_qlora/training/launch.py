@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Mapping, MutableMapping, Sequence
 
 from alpaca_qlora.errors import UserError
@@ -31,6 +32,7 @@ RENDEZVOUS_ENV = ("PET_NNODES", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_
                   "PET_RDZV_ENDPOINT", "PET_RDZV_ID")
 # Set by torchrun and `accelerate launch` in every worker they start.
 WORKER_ENV = ("LOCAL_RANK", "WORLD_SIZE")
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # one folder per GPU the NVIDIA driver manages
 
 
 class LaunchError(UserError, RuntimeError):
@@ -86,6 +88,12 @@ def use_one_gpu(environ: MutableMapping[str, str] = os.environ) -> str | None:
     return None
 
 
+def several_nodes(environ: Mapping[str, str] = os.environ) -> bool:
+    """PET_NNODES asks for more than one node ("2", or torchrun's elastic "1:4"): one process per node is
+    then still a data-parallel run, and goes through the launcher like any other."""
+    return environ.get("PET_NNODES", "1").strip().split(":")[-1] not in ("", "1")
+
+
 def check_worker(num_processes: int, environ: Mapping[str, str] = os.environ) -> None:
     """A worker's launch must match params.yaml, so metadata and the effective batch describe what ran."""
     local = int(environ.get("LOCAL_WORLD_SIZE", environ.get("WORLD_SIZE", "1")))
@@ -127,11 +135,11 @@ def launch_command(num_processes: int, launcher: str, module: str, module_args: 
 def setup_process(num_processes: int, launcher: str, module: str, module_args: Sequence[str]) -> int | None:
     """Decide this process's part before anything touches CUDA; return an exit status if it was the launcher.
 
-    num_processes > 1 in a plain process: launch the workers and wait (their exit status is returned).
-    In a worker: check the launch matches params.yaml, and bind the worker to its GPU. One process: see
-    only one GPU (use_one_gpu). Returns None when this process is to train.
+    num_processes > 1, or several nodes (PET_NNODES), in a plain process: launch the workers and wait (their
+    exit status is returned). In a worker: check the launch matches params.yaml, and bind the worker to its
+    GPU. One process on one node: see only one GPU (use_one_gpu). Returns None when this process is to train.
     """
-    if num_processes > 1 and not is_worker():
+    if (num_processes > 1 or several_nodes()) and not is_worker():
         return relaunch(num_processes, launcher, module, module_args)
     if is_worker():
         check_worker(num_processes)
@@ -142,19 +150,43 @@ def setup_process(num_processes: int, launcher: str, module: str, module_args: S
     return None
 
 
+def visible_gpus(environ: Mapping[str, str] = os.environ, driver_gpus: Path | None = None) -> int | None:
+    """NVIDIA GPUs this process may use, read without importing torch (seconds the launcher would add to
+    every multi-GPU run): the driver's list of GPUs, narrowed by CUDA_VISIBLE_DEVICES as CUDA narrows it
+    (a list that stops at its first negative entry). None without an NVIDIA driver: then ask torch."""
+    driver_gpus = NVIDIA_GPUS if driver_gpus is None else driver_gpus
+    if not driver_gpus.is_dir():
+        return None
+    installed = sum(1 for _ in driver_gpus.iterdir())
+    if "CUDA_VISIBLE_DEVICES" not in environ:
+        return installed
+    entries = []
+    for entry in (e.strip() for e in environ["CUDA_VISIBLE_DEVICES"].split(",")):
+        if not entry or entry.startswith("-"):
+            break
+        entries.append(entry)
+    return min(len(entries), installed)
+
+
 def relaunch(num_processes: int, launcher: str, module: str, module_args: Sequence[str]) -> int:
     """Run the module under the launcher and return its exit status.
 
     Refuses more processes than GPUs on a GPU machine: a second process on an occupied GPU would not be
-    data parallelism but two copies contending for one card.
+    data parallelism but two copies contending for one card. The workers' timelines start at this
+    process's start (alpaca_qlora/timeline.py), so the launch itself is counted.
     """
-    import torch
+    from alpaca_qlora.timeline import STARTED_ENV, process_started_at
 
-    on_gpu = torch.cuda.is_available()
-    if on_gpu and num_processes > torch.cuda.device_count():
-        raise LaunchError(f"params.yaml: train.num_processes is {num_processes}, but only "
-                          f"{torch.cuda.device_count()} GPU(s) are visible; lower it or expose more GPUs")
-    command = launch_command(num_processes, launcher, module, module_args, on_gpu=on_gpu)
+    gpus = visible_gpus()
+    if gpus is None:  # no NVIDIA driver: torch knows whether there is another kind of GPU
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus and num_processes > gpus:
+        raise LaunchError(f"params.yaml: train.num_processes is {num_processes}, but only {gpus} GPU(s) are "
+                          "visible; lower it or expose more GPUs")
+    command = launch_command(num_processes, launcher, module, module_args, on_gpu=gpus > 0)
     print(f"train: {num_processes} data-parallel processes per node through {launcher}: {' '.join(command)}",
           flush=True)
-    return subprocess.run(command, check=False).returncode
+    environment = {**os.environ, STARTED_ENV: os.environ.get(STARTED_ENV, repr(process_started_at()))}
+    return subprocess.run(command, check=False, env=environment).returncode

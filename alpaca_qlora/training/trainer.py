@@ -9,24 +9,28 @@ It imports transformers: import it after modeling.backends.get(), which imports 
 """
 from __future__ import annotations
 
-import os
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-
 from alpaca_qlora import progress
+from alpaca_qlora.provenance import peak_memory_gib
 from alpaca_qlora.training import distributed, launch
-from alpaca_qlora.training.checkpoints import (PREFIX, last_complete_checkpoint, load_adapter_in_place,
-                                               logged_history, mark_complete, replay_into_dvclive)
+from alpaca_qlora.training.callbacks import (CheckpointingProbe, CheckpointOnSigterm, MarkCompleteCallback,
+                                             RealTokenCounter, TimelineCallback)
+from alpaca_qlora.training.checkpoints import load_adapter_in_place, logged_history, replay_into_dvclive
+from alpaca_qlora.training.memory import BatchPlan
 from alpaca_qlora.training.tracking import training_callbacks_and_reporters
 
 
-def sft_config(*, model_params: dict, train_params: dict, runtime_params: dict, output_dir: Path,
+def sft_config(*, model_params: dict, train_params: dict, runtime_params: dict, plan: BatchPlan, output_dir: Path,
                report_to: list[str]):
-    """TRL's SFTConfig for the stage's params: the one place where params become trainer arguments."""
+    """TRL's SFTConfig for the stage's params: the one place where params become trainer arguments.
+
+    Micro-batch, accumulation and gradient checkpointing come from `plan` (training/memory.py).
+    gradient_checkpointing is always passed: TRL's default is True, and Trainer.train() would turn it on
+    over the backend's choice (Unsloth honours an explicit False, see unsloth/models/_gc_config_default.py).
+    """
     import torch
     from trl import SFTConfig
 
@@ -38,8 +42,9 @@ def sft_config(*, model_params: dict, train_params: dict, runtime_params: dict, 
         output_dir=str(output_dir), report_to=report_to,
         save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
         save_total_limit=2,  # the newest complete checkpoint survives while the next one is written
-        per_device_train_batch_size=train_params["batch_size"],
-        gradient_accumulation_steps=train_params["gradient_accumulation_steps"],
+        per_device_train_batch_size=plan.per_device_batch_size,
+        gradient_accumulation_steps=plan.gradient_accumulation_steps,
+        gradient_checkpointing=plan.gradient_checkpointing != "off",
         num_train_epochs=train_params["epochs"], max_steps=train_params["max_steps"],
         learning_rate=train_params["learning_rate"], lr_scheduler_type=train_params["lr_scheduler"],
         warmup_steps=train_params["warmup_steps"], weight_decay=train_params["weight_decay"],
@@ -61,56 +66,6 @@ def training_dataset(rows: list[dict[str, Any]]):
     return Dataset.from_list([{"input_ids": r["input_ids"], "completion_mask": r["completion_mask"]} for r in rows])
 
 
-class RealTokenCounter:
-    """Wraps the data collator to count the real tokens this process consumed.
-
-    Counted on the rows before collation (no padding yet, whether padded, padding-free or packed), leaving
-    out the filler rows of distributed.pad_to_even_shards. Under DDP each rank counts its own share.
-    """
-
-    def __init__(self, collator):
-        self.collator, self.tokens = collator, 0
-
-    def __call__(self, features):
-        distributed.record_batch(features)
-        self.tokens += sum(len(f["input_ids"]) for f in features if not distributed.is_filler(f))
-        return self.collator(features)
-
-
-class MarkCompleteCallback(TrainerCallback):
-    """Writes the completeness marker once the Trainer has finished writing checkpoint-N (on_save runs after)."""
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            mark_complete(Path(args.output_dir) / f"{PREFIX}{state.global_step}", state.global_step)
-        return control
-
-
-class CheckpointOnSigterm(TrainerCallback):
-    """On SIGTERM (what schedulers, Kubernetes and spot/preemptible VMs send before killing), finish the
-    current optimizer step, save a checkpoint and stop, instead of dying and losing up to save_steps steps.
-
-    The stage then exits with 143 (128 + SIGTERM) without writing the adapter; `dvc repro` resumes there.
-    A second SIGTERM, or SIGKILL, ends the process at once, and the last complete checkpoint is used.
-    """
-
-    def __init__(self):
-        self.received = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.received:  # asked twice: stop now
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-        self.received = True
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.received:
-            control.should_save = args.save_strategy != "no"
-            control.should_training_stop = True
-        return control
-
-
 def pipeline_trainer(**kwargs):
     """An SFTTrainer that resumes LoRA weights in place, keeps DDP shards even and counts real tokens.
 
@@ -126,11 +81,26 @@ def pipeline_trainer(**kwargs):
                 self.train_dataset, rows_per_device_batch=self.args.per_device_train_batch_size,
                 num_processes=self.accelerator.num_processes, pad_token_id=self.processing_class.pad_token_id)
             self.data_collator = self.token_counter = RealTokenCounter(self.data_collator)
+            self.add_callback(self.token_counter)
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
             # The Trainer restores optimizer, scheduler, RNG and data position; the adapter weights are copied
             # into the existing LoRA modules instead of being rebuilt (see load_adapter_in_place for why).
             load_adapter_in_place(model or self.model, Path(resume_from_checkpoint))
+
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            # Under DDP transformers 5.17 loads the optimizer state with map_location=args.device, which on a
+            # CPU is "cpu:0", a location torch.load cannot restore to ("don't know how to restore data location
+            # ... (tagged with cpu:0)"), so a CPU run under DDP could not resume. There the two files are loaded
+            # as the Trainer loads them, to "cpu". On GPUs (cuda:N) the Trainer's own code runs.
+            if checkpoint is None or self.args.world_size <= 1 or self.args.device.type != "cpu":
+                return super()._load_optimizer_and_scheduler(checkpoint)
+            import torch
+            from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
+
+            optimizer = torch.load(Path(checkpoint) / OPTIMIZER_NAME, map_location="cpu", weights_only=True)
+            self.optimizer.load_state_dict(optimizer)
+            self.lr_scheduler.load_state_dict(torch.load(Path(checkpoint) / SCHEDULER_NAME, weights_only=True))
 
     return PipelineTrainer(**kwargs)
 
@@ -144,32 +114,54 @@ class TrainOutcome:
     is_main_process: bool
     effective: dict[str, Any] = field(default_factory=dict)  # what ran: batch, optimizer, packing, ...
 
+    def results(self, *, model_load_s: float) -> dict[str, Any]:
+        """metadata.json `results`: loss, time, real tokens and their rate over the processes, peak memory."""
+        seconds = self.result.metrics["train_runtime"]
+        return {"train_loss": round(self.result.training_loss, 6), "train_runtime_s": round(seconds, 2),
+                "model_load_s": round(model_load_s, 2), "real_tokens": self.real_tokens,
+                "real_tokens_per_s": round(self.real_tokens / seconds, 1), **peak_memory_gib()}
+
+    def describe(self) -> str:
+        """The stage's last line: loss, steps and their shape, speed."""
+        e, seconds = self.effective, self.result.metrics["train_runtime"]
+        return (f"loss {self.result.training_loss:.4f}, {self.result.global_step} steps of {e['num_processes']} x "
+                f"{e['per_device_batch_size']} x {e['gradient_accumulation_steps']} rows (checkpointing "
+                f"{e['gradient_checkpointing']}), {self.real_tokens / seconds:.0f} real tokens/s")
+
 
 def train(model, tokenizer, rows: list[dict[str, Any]], *, model_params: dict, train_params: dict,
-          runtime_params: dict, checkpoint_dir: Path, run_config: dict) -> TrainOutcome:
-    """Train `model` on `rows`, resuming from the last complete checkpoint in `checkpoint_dir` if any."""
+          runtime_params: dict, plan: BatchPlan, checkpoint_dir: Path, run_config: dict, timeline) -> TrainOutcome:
+    """Train `model` on `rows`, resuming from the last complete checkpoint in `checkpoint_dir` if any.
+
+    Marks the phases "trainer_setup" (SFTTrainer: dataset preparation and packing), "first_step", "loop"
+    and, with several processes, "replica_check" on `timeline` (alpaca_qlora/timeline.py).
+    """
     import torch
 
-    resume_from = last_complete_checkpoint(checkpoint_dir) if runtime_params["save_steps"] else None
     # Rank 0 alone logs: a DVCLive Live() on another rank would reset reports/train/ under rank 0's feet.
     callbacks, reporters = (training_callbacks_and_reporters(runtime_params, run_config=run_config)
                             if launch.is_main_process() else ([], []))
-    if resume_from is not None:
-        print(f"train: resuming from {resume_from} (delete {checkpoint_dir} to start over)")
-        if callbacks:
-            replay_into_dvclive(callbacks[0].live, logged_history(resume_from))
-    sigterm = CheckpointOnSigterm()
+    sigterm, probe = CheckpointOnSigterm(), CheckpointingProbe()
     config = sft_config(model_params=model_params, train_params=train_params, runtime_params=runtime_params,
-                        output_dir=checkpoint_dir, report_to=reporters)
+                        plan=plan, output_dir=checkpoint_dir, report_to=reporters)
     trainer = pipeline_trainer(model=model, args=config, train_dataset=training_dataset(rows),
-                               processing_class=tokenizer, callbacks=callbacks + [MarkCompleteCallback(), sigterm])
+                               processing_class=tokenizer, callbacks=callbacks + [
+                                   MarkCompleteCallback(), sigterm, probe, TimelineCallback(timeline)])
+    distributed.same_on_every_process(
+        plan.shape(),
+        "micro-batch plans (their GPUs have different free memory): set train.batch_size and "
+        "train.gradient_checkpointing explicitly")
+    resume_from = distributed.agreed_checkpoint(checkpoint_dir, enabled=bool(runtime_params["save_steps"]))
+    if resume_from is not None and callbacks:  # rank 0
+        print(f"train: resuming from {resume_from} (delete {checkpoint_dir} to start over)")
+        replay_into_dvclive(callbacks[0].live, logged_history(resume_from))
     processes = trainer.accelerator.num_processes
-    effective = {"num_processes": processes, "per_device_batch_size": config.per_device_train_batch_size,
-                 "gradient_accumulation_steps": config.gradient_accumulation_steps,
+    effective = {**plan.as_dict(), "num_processes": processes,
                  "effective_batch_size": config.per_device_train_batch_size * config.gradient_accumulation_steps
                  * processes, "filler_rows": trainer.filler_rows}
     if callbacks:
         callbacks[0].live.log_params({"effective_batch": effective})
+    timeline.mark("trainer_setup")
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     outcome = TrainOutcome(result=result, real_tokens=trainer.token_counter.tokens, resumed_from=resume_from,
                            stopped_by_sigterm=sigterm.received, is_main_process=trainer.accelerator.is_main_process)
@@ -183,6 +175,7 @@ def train(model, tokenizer, rows: list[dict[str, Any]], *, model_params: dict, t
         outcome.real_tokens = int(trainer.accelerator.reduce(
             torch.tensor(outcome.real_tokens, device=trainer.accelerator.device), reduction="sum"))
         divergence = distributed.replica_divergence(model)
+        timeline.mark("replica_check")
         if divergence > 1e-6:
             raise RuntimeError(
                 f"train: the {processes} processes ended with different LoRA weights (largest difference "
@@ -191,5 +184,6 @@ def train(model, tokenizer, rows: list[dict[str, Any]], *, model_params: dict, t
     outcome.effective = {
         "optimizer": str(args.optim), "packing": bool(args.packing),
         "padding_free": bool(getattr(args, "padding_free", False)), "completion_only_loss": args.completion_only_loss,
-        "global_steps": result.global_step, **effective, "replica_divergence": divergence}
+        "global_steps": result.global_step, **effective, "gradient_checkpointing_active": probe.active,
+        "replica_divergence": divergence}
     return outcome

@@ -15,6 +15,7 @@ Rows are left-padded; each row's positions count its own tokens only, so padding
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 
@@ -68,7 +69,13 @@ def greedy_decode(model, input_ids, attention_mask, *, max_new_tokens: int, eos_
 
         replay = step
         if cuda_graph:
-            replay = _captured(step, cache, prompt_length)
+            try:
+                replay = _captured(step, cache, prompt_length)
+            except RuntimeError as error:  # a library that syncs inside the step cannot be captured: run it eagerly
+                print(f"static decoding: CUDA graph capture failed ({str(error).splitlines()[0]}); decoding "
+                      "without the graph", file=sys.stderr)
+                for layer in cache.layers:
+                    layer.cumulative_length.fill_(prompt_length)
         for index in range(max_new_tokens):
             generated[:, index] = next_token
             finished |= next_token == eos_token_id

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from alpaca_qlora.data.formatting import format_records
 from alpaca_qlora.data.template import PromptTemplate
-from alpaca_qlora.files import atomic_directory, read_jsonl, write_json, write_jsonl
+from alpaca_qlora.files import atomic_directory, read_json, read_jsonl, write_json, write_jsonl
 from alpaca_qlora.modeling.tokenizer import load_tokenizer
 from alpaca_qlora.params import load_section
 
@@ -25,8 +25,10 @@ def main() -> None:
 
     tokenizer = load_tokenizer(model_params)
     template = PromptTemplate.load(params["template"])
+    # The sample's own stats (source, fraction, seed, fingerprints) travel on, so the adapter can name its data.
     stats = {"template": template.as_dict(), "input_free_variant": params["input_free_variant"],
-             "too_long": params["too_long"], "eos_token": tokenizer.eos_token}
+             "too_long": params["too_long"], "eos_token": tokenizer.eos_token,
+             "sample": read_json(args.sampled / "stats.json")}
     outputs = {}
     for split in ("train", "eval"):
         rows, report = format_records(

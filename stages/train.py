@@ -2,9 +2,9 @@
 
 Reads params `model.*`, `lora.*`, `train.*` (and `runtime.*`, which no stage declares: logging, checkpoint
 cadence, the launcher and W&B cannot change the adapter). Writes models/adapter/ (adapter safetensors,
-adapter_config.json, the tokenizer, metadata.json) and reports/train/ (DVCLive curves). With
-train.num_processes > 1 this process launches that many data-parallel workers, each of which runs main()
-below; only rank 0 writes outputs. A killed run resumes from its last complete checkpoint.
+adapter_config.json, the tokenizer, metadata.json, the model card README.md) and reports/train/ (DVCLive
+curves). With train.num_processes > 1 this process launches that many data-parallel workers, each running
+main() below; only rank 0 writes outputs. A killed run resumes from its last complete checkpoint.
 """
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from alpaca_qlora import patches
 from alpaca_qlora.files import file_sha256, read_json, read_jsonl
 from alpaca_qlora.modeling import backends
 from alpaca_qlora.modeling.adapter import AdapterMetadata, save_adapter
+from alpaca_qlora.modeling.model_card import render_card
 from alpaca_qlora.params import load_section
-from alpaca_qlora.provenance import device_description, git_revision, library_versions, peak_memory_gib
+from alpaca_qlora.provenance import device_description, library_versions, peak_memory_gib, reproduction
 from alpaca_qlora.training import launch
 from alpaca_qlora.training.checkpoints import CHECKPOINTS_DIR, checkpoint_step, run_key
 
@@ -49,28 +50,28 @@ def main() -> None:
                                 runtime_params=runtime, checkpoint_dir=CHECKPOINTS_DIR / key, run_config={
                                     "params": {"model": model_params, "lora": lora_params, "train": params},
                                     "data": data})
-    steps = outcome.result.global_step
     if outcome.stopped_by_sigterm:  # a checkpoint was saved (trainer.train said where): exit as killed
         sys.exit(128 + signal.SIGTERM)
     if not outcome.is_main_process:
         return
 
     seconds, format_stats = outcome.result.metrics["train_runtime"], read_json(args.formatted / "stats.json")
-    save_adapter(args.out, model, tokenizer, AdapterMetadata(
+    metadata = AdapterMetadata(
         base_model=model_params["name"], backend=backend.name,
-        params={"model": model_params, "lora": lora_params, "train": params},
-        template=format_stats["template"],
-        format={"input_free_variant": format_stats["input_free_variant"]}, data=data,
-        reproduce={"command": "dvc repro", "git": git_revision(), "checkpoint_run_key": key},
+        params={"model": model_params, "lora": lora_params, "train": params}, template=format_stats["template"],
+        format={"input_free_variant": format_stats["input_free_variant"]},
+        data={**data, "sample": format_stats["sample"]},
+        reproduce={**reproduction(), "checkpoint_run_key": key},
         resumed_from_step=checkpoint_step(outcome.resumed_from) if outcome.resumed_from else None,
-        effective={**outcome.effective, "dtype": str(backends.compute_dtype()), "device": device_description(),
-                   "patches": patched},
+        effective={**outcome.effective, **backends.effective_lora(model), "dtype": str(backends.compute_dtype()),
+                   "device": device_description(), "patches": patched},
         results={"train_loss": round(outcome.result.training_loss, 6), "train_runtime_s": round(seconds, 2),
                  "model_load_s": round(load_seconds, 2), "real_tokens": outcome.real_tokens,
                  "real_tokens_per_s": round(outcome.real_tokens / seconds, 1), **peak_memory_gib()},
-        libraries=library_versions()))
+        libraries=library_versions())
+    save_adapter(args.out, model, tokenizer, metadata, card=render_card(metadata))
     shutil.rmtree(CHECKPOINTS_DIR / key, ignore_errors=True)  # the adapter is safe: its checkpoints are not
-    print(f"train: loss {outcome.result.training_loss:.4f}, {steps} steps, {seconds:.1f}s, "
+    print(f"train: loss {outcome.result.training_loss:.4f}, {outcome.result.global_step} steps, {seconds:.1f}s, "
           f"{outcome.real_tokens / seconds:.0f} real tokens/s over {outcome.effective['num_processes']} "
           f"process(es), effective batch {outcome.effective['effective_batch_size']} rows; adapter in {args.out}")
 

@@ -36,8 +36,9 @@ def run_dvc(workspace: Path, *args: str, check: bool = True, timeout: float = 90
     environment = cli_env()
     for name, value in (env or {}).items():
         environment.pop(name, None) if value is None else environment.__setitem__(name, value)
+    # No standard input, as on CI: nothing a stage runs may wait for an answer (a login prompt, a pager).
     done = subprocess.run(["dvc", *args], cwd=workspace, env=environment, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, stdin=subprocess.DEVNULL)
     output = done.stdout + done.stderr
     if check and done.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed ({done.returncode}) in {workspace}:\n{output}")
@@ -62,7 +63,7 @@ def reproduced_workspace(offline_workspace_factory) -> Path:
     """A workspace in which `dvc repro` has run the whole pipeline once. Treat as read-only."""
     workspace = offline_workspace_factory()
     output = run_dvc(workspace, "repro")
-    assert stages_run(output) == ["sample", "format", "train", "evaluate"], output
+    assert stages_run(output) == ["sample", "format", "train", "evaluate", "card"], output
     return workspace
 
 

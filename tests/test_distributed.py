@@ -35,7 +35,7 @@ def test_two_processes_train_each_example_once_and_rank0_alone_writes(workspace_
     batch_log = tmp_path / "batches"
     output = run_dvc(workspace_copy, "exp", "run", "-S", f"train.backend={backend}", "-S", "train.num_processes=2",
                      env={distributed.BATCH_LOG_ENV: str(batch_log)})
-    assert stages_run(output) == ["train", "evaluate"], "dvc.yaml's train command is unchanged"
+    assert stages_run(output) == ["train", "evaluate", "card"], "dvc.yaml's train command is unchanged"
     assert "2 data-parallel processes per node through torchrun" in output
     assert output.count("train: loss ") == 1, "rank 0 alone reports"
 

@@ -37,7 +37,7 @@ def test_runtime_keys_rerun_nothing_and_are_kept_for_the_next_run(workspace_copy
 
 def test_evaluate_key_reruns_evaluate_only(workspace_copy):
     output = run_dvc(workspace_copy, "exp", "run", "-S", "evaluate.max_new_tokens=8")
-    assert stages_run(output) == ["evaluate"]
+    assert stages_run(output) == ["evaluate", "card"]
 
 
 def test_data_key_reruns_every_stage_with_the_users_own_file(workspace_copy, tmp_path):
@@ -50,7 +50,7 @@ def test_data_key_reruns_every_stage_with_the_users_own_file(workspace_copy, tmp
                     "--records", "400", "--seed", "11"], cwd=workspace_copy, check=True, capture_output=True)
     own.write_text(json.dumps([json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]))
     output = run_dvc(workspace_copy, "exp", "run", "-S", f"data.source={own}")
-    assert stages_run(output) == ["sample", "format", "train", "evaluate"]
+    assert stages_run(output) == ["sample", "format", "train", "evaluate", "card"]
     stats = json.loads((workspace_copy / "data/sampled/stats.json").read_text())
     assert stats["source"] == str(own) and stats["source_records"] == 400 and stats["train_records"] == 160
 
@@ -66,7 +66,7 @@ def test_same_params_give_same_data_hashes(reproduced_workspace, offline_workspa
 
 def test_a_train_key_reruns_train_and_evaluate_into_an_experiment_listed_with_its_metrics(workspace_copy):
     output = run_dvc(workspace_copy, "exp", "run", "-n", "lr-1e-3", "-S", "train.learning_rate=1e-3")
-    assert stages_run(output) == ["train", "evaluate"]
+    assert stages_run(output) == ["train", "evaluate", "card"]
     shown = json.loads(run_dvc(workspace_copy, "exp", "show", "--json"))
     experiments = {exp["name"]: exp for rev in shown for exp in (rev.get("experiments") or [])}
     assert "lr-1e-3" in experiments, shown

@@ -118,7 +118,7 @@ def test_hf_backend_trains_with_wandb_offline_and_never_touches_the_network(work
                               "WANDB_BASE_URL": dead_end, "HTTP_PROXY": dead_end, "HTTPS_PROXY": dead_end,
                               "http_proxy": dead_end, "https_proxy": dead_end, "NO_PROXY": "", "no_proxy": ""})
         seconds = time.monotonic() - started
-    assert stages_run(output) == ["train", "evaluate"]
+    assert stages_run(output) == ["train", "evaluate", "card"]
     assert network.connections == 0, f"something tried the network during an offline run ({seconds:.0f}s)"
     (run_dir,) = (workspace_copy / "build/wandb").glob("offline-run-*")
     meta = json.loads((workspace_copy / "models/adapter/metadata.json").read_text())

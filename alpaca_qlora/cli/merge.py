@@ -46,7 +46,8 @@ def merge_adapter(adapter_dir: Path, out_dir: Path, *, base_weights: str | None 
     import torch
     from transformers import AutoTokenizer
 
-    model_params = AdapterMetadata.read(adapter_dir).model_params
+    metadata = AdapterMetadata.read(adapter_dir)
+    model_params = metadata.model_params
     if base_weights is None:
         base_weights = "dequantized" if model_params["load_in_4bit"] else "original"
     if base_weights not in BASE_WEIGHTS:
@@ -65,8 +66,10 @@ def merge_adapter(adapter_dir: Path, out_dir: Path, *, base_weights: str | None 
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))
+    # The template and EOS travel with the merged model: gguf_export writes the Ollama Modelfile from them.
     summary = {"adapter": str(adapter_dir), "base_model": model_params["name"], "base_weights": base_weights,
-               "dtype": save_dtype}
+               "dtype": save_dtype, "template": metadata.template,
+               "input_free_variant": metadata.format["input_free_variant"], "eos_token": tokenizer.eos_token}
     write_json(out_dir / "merge.json", summary)
     return summary
 

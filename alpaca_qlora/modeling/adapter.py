@@ -66,10 +66,12 @@ class AdapterMetadata:
         return cls(**{field.name: found[field.name] for field in fields(cls)})
 
 
-def save_adapter(out: Path, model, tokenizer, metadata: AdapterMetadata) -> None:
-    """Adapter safetensors, config, tokenizer and metadata.json, all renamed into `out` at once when complete:
-    a full disk or a kill while saving leaves no folder that looks like a valid adapter."""
+def save_adapter(out: Path, model, tokenizer, metadata: AdapterMetadata, *, card: str) -> None:
+    """Adapter safetensors, config, tokenizer, metadata.json and the model card (README.md, in place of PEFT's
+    empty template), all renamed into `out` at once when complete: a full disk or a kill while saving leaves
+    no folder that looks like a valid adapter."""
     with atomic_directory(out) as staging:
         model.save_pretrained(str(staging), safe_serialization=True)
         tokenizer.save_pretrained(str(staging))
         write_json(staging / METADATA_FILE, metadata.as_dict())
+        (staging / "README.md").write_text(card, encoding="utf-8")

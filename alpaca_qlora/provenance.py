@@ -60,7 +60,8 @@ def git_revision() -> dict[str, object] | None:
                                 timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    return {"commit": commit, "dirty": any(line[3:] != "dvc.lock" for line in changed),
+    changed = sorted(line[3:] for line in changed if line[3:] != "dvc.lock")
+    return {"commit": commit, "dirty": bool(changed), "changed": changed,
             "origin": _without_credentials(origin) or None}
 
 

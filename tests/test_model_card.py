@@ -71,3 +71,24 @@ def test_metrics_of_any_shape_are_rendered_known_keys_first(reproduced_workspace
     rows = table_rows(render_card(meta, metrics=metrics))
     assert rows[f"{KNOWN_METRICS['eval_loss']} (`eval_loss`)"] == "1.5"
     assert rows["rouge_l.adapter (`rouge_l.adapter`)"] == "0.31" and rows["stop_rate (`stop_rate`)"] == "1.0"
+
+
+def test_the_reproduce_command_names_each_adapter_key_that_differs_from_the_commit(tmp_path, monkeypatch):
+    from alpaca_qlora.cli.offline_workspace import overlay_params, parse_override
+    from alpaca_qlora.provenance import reproduction
+    from tests.conftest import REPO_ROOT
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
+    for command in (["init", "-q"], ["add", "params.yaml"], ["-c", "user.name=t", "-c", "user.email=t@t",
+                                                             "commit", "-qm", "params"]):
+        subprocess.run(["git", *command], check=True)
+    assert reproduction()["command"] == "dvc repro"
+    overlay_params(tmp_path / "params.yaml", [parse_override(o) for o in (
+        "train.learning_rate=1e-4", "evaluate.batch_size=4", "format.input_free_variant=true",
+        "runtime.wandb_mode=offline", "lora.target_modules=[q_proj, v_proj]")])
+    done = reproduction()
+    assert done["command"] == ("dvc exp run -S format.input_free_variant=true "
+                               "-S 'lora.target_modules=[\"q_proj\", \"v_proj\"]' -S train.learning_rate=0.0001"), \
+        "the keys that decide the adapter, in -S form; evaluate and runtime keys cannot change it"
+    assert done["git"]["changed"] == ["params.yaml"] and done["git"]["origin"] is None

@@ -28,8 +28,8 @@ class AdapterMetadata:
     params: dict[str, dict[str, Any]]  # the model, lora and train sections the run read
     template: dict[str, str]  # PromptTemplate.as_dict() of the template training used
     format: dict[str, Any]  # {"input_free_variant": bool}
-    data: dict[str, Any]  # {"formatted_train_sha256": ..., "train_rows": ...}
-    reproduce: dict[str, Any]  # {"command": "dvc repro", "git": {...}, "checkpoint_run_key": ...}
+    data: dict[str, Any]  # {"formatted_train_sha256", "train_rows", "sample": data/sampled/stats.json}
+    reproduce: dict[str, Any]  # {"command": "dvc repro" or "dvc exp run -S ...", "git": {...}, "checkpoint_run_key"}
     resumed_from_step: int | None  # steps restored from a killed run's checkpoint; None: trained in one go
     effective: dict[str, Any]  # what actually ran, after the libraries' own adjustments (Unsloth on CPU, ...)
     results: dict[str, Any]  # loss, runtime, real tokens and tokens/s of this process's steps, peak memory

@@ -78,11 +78,11 @@ def render_card(meta, *, metrics: dict[str, Any] | None = None) -> str:
                  ("seed", train["seed"]),
                  ("device", _device(meta.effective.get("device"))),
                  ("resumed from step", meta.resumed_from_step or "no, trained in one go")]),
-             "Results of the run:\n", _table([(key, value) for key, value in meta.results.items()]),
+             "Results of the run:\n", _table(sorted(meta.results.items())),
              *_evaluation_section(metrics, git.get("commit")),
              *_reproduce_section(meta, git),
              *_use_section(meta),
-             "## Library versions\n", _table(list(meta.libraries.items()))]
+             "## Library versions\n", _table(sorted(meta.libraries.items()))]
     return "\n".join(lines)
 
 
@@ -125,8 +125,10 @@ def _reproduce_section(meta, git: dict[str, Any]) -> list[str]:
     command = (meta.reproduce or {}).get("command", "dvc repro")
     lines = ["## Reproduce it\n", _fenced(f"git clone {origin} alpaca-qlora && cd alpaca-qlora\n"
                                           f"git checkout {commit}\n{command}", "bash")]
-    if git.get("dirty"):
-        lines.append("The working tree had uncommitted changes when this ran: the commit alone may not rebuild it.\n")
+    others = [path for path in git.get("changed", []) if path != "params.yaml"]  # params.yaml: in the command
+    if others:
+        lines.append(f"Files differed from the commit when this ran ({', '.join(others)}): the commit alone may "
+                     "not rebuild it.\n")
     lines.append(f"Or fetch it without training, from the DVC remote: `dvc artifacts get {origin} {ARTIFACT}` "
                  "(the newest `" + ARTIFACT + "@v...` git tag; README: Use the adapter).\n")
     return lines
@@ -143,10 +145,10 @@ def _use_section(meta) -> list[str]:
             "python -m alpaca_qlora.cli.generate --adapter models/adapter \"Give three tips for staying healthy.\"\n"
             "python -m alpaca_qlora.cli.merge --adapter models/adapter --out build/merged\n"
             "python -m alpaca_qlora.cli.gguf_export --merged build/merged --out build/model-q8_0.gguf --outtype q8_0\n"
-            "ollama create alpaca-qlora -f build/Modelfile    # written next to the GGUF file", "bash")]
+            "ollama create alpaca-qlora -f build/model-q8_0.Modelfile    # written next to the GGUF file", "bash")]
 
 
-def _table(rows: list[tuple[str, Any]], header: tuple[str, str] = ("", "")) -> str:
+def _table(rows: list[tuple[str, Any]], header: tuple[str, str] = ("", "this run")) -> str:
     body = [f"| {header[0]} | {header[1]} |", "|---|---|"]
     return "\n".join(body + [f"| {key} | {value} |" for key, value in rows]) + "\n"
 
@@ -160,4 +162,8 @@ def _join(values) -> str:
 
 
 def _device(device: dict[str, Any] | None) -> str:
-    return " ".join(str(value) for value in (device or {}).values()) or "?"
+    """"cuda NVIDIA H200 x1" or "cpu x86_64, 2 threads": the same text from a fresh or a re-read metadata.json."""
+    device = device or {}
+    if device.get("type") == "cuda":
+        return f"cuda {device.get('name')} x{device.get('count')}"
+    return f"{device.get('type', '?')} {device.get('name', '?')}, {device.get('threads', '?')} threads"

@@ -1,7 +1,7 @@
 """The whole seed job on a GPU with no network: build the model and the data, run each stage, time it.
 
     python -m benchmarks.gpu_job prepare --tokenizer-model .gpu/tokenizer.model.v1
-    python -m benchmarks.gpu_job run --out $OUT/packed                       # sample, format, train, evaluate
+    python -m benchmarks.gpu_job run --out $OUT/packed                       # sample ... evaluate, card
     python -m benchmarks.gpu_job run --out $OUT/unpacked --stages train --reuse-data /tmp/gpu-job/packed \
         --set train.packing=false ...
     python -m benchmarks.gpu_job plot $OUT/packed $OUT/unpacked --out benchmarks/loss_curves.png
@@ -37,6 +37,8 @@ STAGE_COMMANDS = {  # as in dvc.yaml
     "train": ["-m", "stages.train", "--formatted", "data/formatted", "--out", "models/adapter"],
     "evaluate": ["-m", "stages.evaluate", "--formatted", "data/formatted", "--adapter", "models/adapter",
                  "--out", "reports"],
+    "card": ["-m", "stages.card", "--adapter", "models/adapter", "--metrics", "reports/metrics.json",
+             "--out", "reports/model_card.md"],
 }
 
 
@@ -132,7 +134,7 @@ def run(out: Path, workspace: Path, stages: list[str], overrides: list[str], reu
                          ("data/formatted/stats.json", "format_stats.json"),
                          ("reports/train/plots/metrics/loss.tsv", "loss.tsv"),
                          ("reports/train/plots/metrics/learning_rate.tsv", "learning_rate.tsv"),
-                         ("reports/generations.md", "generations.md")):
+                         ("reports/generations.md", "generations.md"), ("reports/model_card.md", "model_card.md")):
         if (workspace / source).is_file():
             shutil.copyfile(workspace / source, out / name)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
@@ -180,7 +182,7 @@ def main() -> None:
     r = commands.add_parser("run")
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--workspace", type=Path, default=None)
-    r.add_argument("--stages", default="sample,format,train,evaluate")
+    r.add_argument("--stages", default="sample,format,train,evaluate,card")
     r.add_argument("--set", dest="overrides", action="append", default=[])
     r.add_argument("--reuse-data", type=Path, default=None, help="a workspace whose data/ to reuse")
     g = commands.add_parser("plot")

@@ -147,7 +147,7 @@ def test_llama_cpp_runs_the_gguf_and_generates_what_transformers_generates(expor
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     merged_dir, _, _, files = exported
-    prompt = AdapterMetadata.read(reproduced_workspace / "models/adapter").prompt_renderer()(**RECORDS[0])
+    prompt = AdapterMetadata.read(reproduced_workspace / "models/adapter").prompt_renderer()(*RECORDS[0].values())
     tokenizer = AutoTokenizer.from_pretrained(str(merged_dir))
     model = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32)
     ids = tokenizer(prompt, return_tensors="pt").input_ids

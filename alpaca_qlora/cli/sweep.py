@@ -7,11 +7,11 @@ experiments are still queued.
 
 Why not `dvc queue start` alone: DVC's queue worker stops itself when it believes the queue is empty, and
 nothing starts it again. Its monitor (dvc-task's TemporaryWorker.monitor) looks every 10 s: three celery
-`inspect` calls (active, scheduled, reserved), each answered through the filesystem broker, which polls
-every 1 s, within a 1 s timeout, and then a listing of the broker's queue folder. On a loaded machine the
-answers miss their timeout and count as "no task", and the two looks are not one snapshot, so between two
-experiments the worker can conclude "empty" and shut down; a worker that crashes or is killed (OOM, a
-closed session) leaves the queue the same way: `Queued` experiments, `Worker status: 0 active, 0 idle`.
+`inspect` calls (active, scheduled, reserved), each answered through the filesystem broker within a 1 s
+timeout, then a listing of the broker's queue folder. A reply that misses its timeout counts as "no task"
+and the two looks are not one snapshot, so a check between two experiments on a loaded machine can stop
+the worker early; a worker that dies (OOM, a killed session) leaves the queue the same way: `Queued`
+experiments, `Worker status: 0 active, 0 idle` (docs/using-the-adapter.md, Compare experiments).
 This command does what `dvc queue start` does, then checks every --poll seconds, by the worker's own pid
 file rather than by celery's timed-out replies, whether a worker is alive while experiments are queued,
 and starts one if not. It returns when nothing is queued or running, lists what succeeded and failed, and

@@ -37,7 +37,7 @@ def test_a_queued_sweep_runs_every_experiment_even_when_the_worker_stops_half_wa
             assert time.monotonic() < deadline and sweep.poll() is None, "no experiment started"
             time.sleep(2)
         stopped = run_dvc(workspace_copy, "queue", "stop")  # the worker's own shutdown, mid-sweep
-        assert "stopping" in stopped.lower(), stopped
+        assert "will stop after running tasks finish" in stopped, stopped
         output, _ = sweep.communicate(timeout=1200)
     finally:
         if sweep.poll() is None:

@@ -2,8 +2,8 @@
 
 dvc.yaml declares `artifacts: alpaca-qlora-adapter` (type model, path models/adapter). DVC 3.67 resolves an
 artifact's version through GTO git tags (dvc/repo/artifacts.py, Artifacts.get_rev): an *annotated* tag
-`alpaca-qlora-adapter@v<semver>` names the commit; without a version it takes the highest semver. Then it
-reads models/adapter from that commit's dvc.lock and downloads the files from the DVC remote.
+`alpaca-qlora-adapter@v<semver>` names the commit; without `--rev` it takes the highest semver. Then it reads
+models/adapter from that commit's dvc.lock and downloads the files from the DVC remote.
 """
 from __future__ import annotations
 
@@ -41,5 +41,5 @@ def test_artifacts_get_fetches_the_tagged_adapter_from_the_remote(team_workspace
     assert adapter and (empty / "adapter/README.md").read_text() == (gpu_box / ADAPTER / "README.md").read_text()
     assert not (empty / ".git").exists() and not (empty / ".dvc").exists(), "no clone, no DVC project"
 
-    pinned = dvc(empty, *fetch, "-v", "v1.0.0", "-o", "pinned")
+    pinned = dvc(empty, *fetch, "--rev", "v1.0.0", "-o", "pinned")
     assert digest_tree(empty, "pinned") == digest_tree(empty, "adapter"), pinned

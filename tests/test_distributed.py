@@ -27,9 +27,9 @@ def consumed(batch_log, rank: int) -> tuple[list[list[str]], int]:
     return [line["examples"] for line in lines], sum(line["fillers"] for line in lines)
 
 
-# hf keeps packing on a CPU: 800 examples -> 223 packed rows, so 1 filler row makes 14 steps of 2 x 8 rows.
+# hf keeps packing on a CPU: 800 examples -> 270 packed rows, so 2 filler rows make 17 steps of 2 x 8 rows.
 # Unsloth turns packing off on a CPU: 800 rows = 50 steps of 2 x 8, nothing to fill.
-@pytest.mark.parametrize("backend, steps, fillers", [("hf", 14, 1), ("unsloth", 50, 0)])
+@pytest.mark.parametrize("backend, steps, fillers", [("hf", 17, 2), ("unsloth", 50, 0)])
 def test_two_processes_train_each_example_once_and_rank0_alone_writes(workspace_copy, tmp_path, backend, steps,
                                                                       fillers):
     batch_log = tmp_path / "batches"

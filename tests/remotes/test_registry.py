@@ -42,4 +42,4 @@ def test_artifacts_get_fetches_the_tagged_adapter_from_the_remote(team_workspace
     assert not (empty / ".git").exists() and not (empty / ".dvc").exists(), "no clone, no DVC project"
 
     pinned = dvc(empty, *fetch, "--rev", "v1.0.0", "-o", "pinned")
-    assert digest_tree(empty, "pinned") == digest_tree(empty, "adapter"), pinned
+    assert sorted(digest_tree(empty, "pinned").values()) == sorted(digest_tree(empty, "adapter").values()), pinned

@@ -30,7 +30,7 @@ smoke: install
 	$(BIN)/python -m alpaca_qlora.cli.offline_workspace $(SMOKE_DIR) --force
 	cd $(SMOKE_DIR) && dvc exp run $(ARGS)
 	cd $(SMOKE_DIR) && dvc metrics show
-	@echo "Smoke run in $(SMOKE_DIR): answers in $(SMOKE_DIR)/reports/generations.md (.jsonl), adapter in $(SMOKE_DIR)/models/adapter"
+	@echo "Smoke run in $(SMOKE_DIR): answers in $(SMOKE_DIR)/reports/generations.md (.jsonl), adapter and its card in $(SMOKE_DIR)/models/adapter, card with the evaluation in $(SMOKE_DIR)/reports/model_card.md, W&B run in $(SMOKE_DIR)/wandb (offline unless logged in)"
 
 test: install
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)

@@ -40,9 +40,9 @@ def out_of_memory(error: BaseException) -> UserError | None:
     if torch is None or not isinstance(error, getattr(torch, "OutOfMemoryError", ())):
         return None
     first = one_line(str(error).split(". ")[0])
-    return UserError(f"out of GPU memory ({first}); lower train.batch_size (raising "
-                     "train.gradient_accumulation_steps keeps the effective batch) or evaluate.batch_size, "
-                     "or model.max_seq_length, or free the GPU (nvidia-smi lists what holds it)")
+    return UserError(f"out of GPU memory ({first}); set train.batch_size to auto or lower it (the rest of "
+                     "train.rows_per_step is accumulated, so the math stays), train.gradient_checkpointing: unsloth, "
+                     "lower evaluate.batch_size or model.max_seq_length, or free the GPU (nvidia-smi lists what holds it)")
 
 
 def exit_with(error: UserError) -> NoReturn:

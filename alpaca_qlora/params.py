@@ -23,12 +23,14 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "model": {"name": (str,), "max_seq_length": (int,), "load_in_4bit": (bool,), "offline_seed": (int,),
               "trust_remote_code": (bool,)},
     "format": {"template": (str,), "input_free_variant": (bool,), "too_long": (str,)},
-    "lora": {"r": (int,), "alpha": (int, float), "dropout": (float, int), "target_modules": (list,)},
+    "lora": {"r": (int,), "alpha": (int, float), "dropout": (float, int), "target_modules": (list,),
+             "use_rslora": (bool,)},
     "train": {
         "backend": (str,), "learning_rate": (float,), "epochs": (float, int), "max_steps": (int,),
         "rows_per_step": (int,), "batch_size": (int, str), "gradient_checkpointing": (str, bool),
         "warmup_steps": (int,), "lr_scheduler": (str,), "weight_decay": (float, int), "optimizer": (str,),
-        "packing": (bool,), "train_on_prompt": (bool,), "seed": (int,), "num_processes": (int,),
+        "packing": (bool,), "train_on_prompt": (bool,), "neftune_noise_alpha": (float, int), "seed": (int,),
+        "num_processes": (int,),
     },
     # How the train stage runs and reports, never what it learns: no stage declares this section in dvc.yaml.
     "runtime": {"launcher": (str,), "logging_steps": (int,), "save_steps": (int,), "wandb_mode": (str,),
@@ -41,7 +43,7 @@ CHOICES = {
     ("format", "too_long"): ("truncate", "drop", "error"),
     ("train", "backend"): ("unsloth", "hf"),
     ("train", "gradient_checkpointing"): ("auto", "unsloth", True, False),
-    ("runtime", "wandb_mode"): ("disabled", "offline", "online"),
+    ("runtime", "wandb_mode"): ("auto", "online", "offline", "disabled"),
     ("runtime", "launcher"): ("torchrun", "accelerate"),
     # The inference paths of alpaca_qlora/modeling/inference.py, which says what each one is.
     ("evaluate", "backend"): ("auto", "unsloth", "hf", "merged"),
@@ -66,6 +68,7 @@ BOUNDS = {
     ("train", "rows_per_step"): (lambda v: v >= 1, "at least 1"),
     ("train", "batch_size"): (lambda v: v == "auto" or isinstance(v, int) and v >= 1, "auto or a positive integer"),
     ("train", "warmup_steps"): (lambda v: v >= 0, "0 or more"),
+    ("train", "neftune_noise_alpha"): (lambda v: v >= 0, "0 (off) or a positive noise scale, e.g. 5"),
     ("train", "num_processes"): (lambda v: v >= 1, "at least 1"),
     ("train", "seed"): (lambda v: v >= 0, "0 or more"),
     ("runtime", "logging_steps"): (lambda v: v >= 1, "at least 1"),

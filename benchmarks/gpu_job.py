@@ -191,7 +191,7 @@ def run(out: Path, workspace: Path, stages: list[str], overrides: list[str], reu
                          ("reports/train/plots/metrics/loss.tsv", "loss.tsv"),
                          ("reports/train/plots/metrics/learning_rate.tsv", "learning_rate.tsv"),
                          ("reports/generations.md", "generations.md"), ("reports/timing.json", "timing.json"),
-                         ("reports/generations.jsonl", "generations.jsonl")):
+                         ("reports/generations.jsonl", "generations.jsonl"), ("reports/model_card.md", "model_card.md")):
         if (workspace / source).is_file():
             shutil.copyfile(workspace / source, out / name)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

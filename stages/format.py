@@ -15,7 +15,7 @@ from alpaca_qlora.data.formatting import TooLongError, format_records
 from alpaca_qlora.data.template import PromptTemplate
 from alpaca_qlora.errors import run_main
 from alpaca_qlora.fast_exit import exit_now
-from alpaca_qlora.files import atomic_directory, read_jsonl, write_json, write_jsonl
+from alpaca_qlora.files import atomic_directory, read_json, read_jsonl, write_json, write_jsonl
 from alpaca_qlora.modeling.tokenizer import load_tokenizer
 from alpaca_qlora.params import load_section
 from alpaca_qlora.timeline import Timeline
@@ -32,8 +32,10 @@ def main() -> None:
     template = PromptTemplate.load(params["template"])  # before the seconds a tokenizer takes to load
     tokenizer = load_tokenizer(model_params)
     timeline.mark("tokenizer_load")
+    # The sample's own stats (source, fraction, seed, fingerprints) travel on, so the adapter can name its data.
     stats = {"template": template.as_dict(), "input_free_variant": params["input_free_variant"],
-             "too_long": params["too_long"], "eos_token": tokenizer.eos_token}
+             "too_long": params["too_long"], "eos_token": tokenizer.eos_token,
+             "sample": read_json(args.sampled / "stats.json")}
     outputs = {}
     for split in ("train", "eval"):
         records = read_jsonl(args.sampled / f"{split}.jsonl")

@@ -51,7 +51,8 @@ def write_outputs(out: Path, params, records, train, held_out, duplicate_records
     write_jsonl(out / "train.jsonl", train)
     write_jsonl(out / "eval.jsonl", held_out)
     write_json(out / "stats.json", {
-        "source": params["source"], "source_records": len(records),
+        "source": params["source"], "split": params["split"], "fraction": params["fraction"], "seed": params["seed"],
+        "source_records": len(records),
         "source_fingerprint": fingerprint(records), "duplicate_records": duplicate_records,
         "train_records": len(train), "eval_records": len(held_out),
         "train_with_input": sum(bool(r["input"].strip()) for r in train),

@@ -1,9 +1,9 @@
 """Stage `train`: QLoRA fine-tuning with TRL's SFTTrainer on the formatted rows.
 
 Reads params `model.*`, `lora.*`, `train.*` (and the undeclared `runtime.*`, which cannot change the adapter).
-Writes models/adapter/ (adapter, tokenizer, metadata.json), reports/train/ (DVCLive curves) and
-reports/timelines/train.json. With train.num_processes > 1 this process launches that many data-parallel
-workers, each running main(); only rank 0 writes. A killed run resumes from its last complete checkpoint.
+Writes models/adapter/ (adapter, tokenizer, metadata.json, the model card README.md), reports/train/ (DVCLive
+curves) and reports/timelines/train.json. With train.num_processes > 1 this process launches that many
+data-parallel workers, each running main(); only rank 0 writes. A killed run resumes from its last checkpoint.
 """
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from alpaca_qlora.fast_exit import exit_now
 from alpaca_qlora.files import file_sha256, read_json, read_jsonl
 from alpaca_qlora.modeling import backends
 from alpaca_qlora.modeling.adapter import AdapterMetadata, save_adapter
+from alpaca_qlora.modeling.model_card import render_card
 from alpaca_qlora.params import check_trainer_names, load_section
-from alpaca_qlora.provenance import device_description, git_revision, library_versions
+from alpaca_qlora.provenance import device_description, library_versions, reproduction
 from alpaca_qlora.timeline import Timeline
 from alpaca_qlora.training import launch
 from alpaca_qlora.training.checkpoints import CHECKPOINTS_DIR, checkpoint_step, run_key
@@ -62,13 +63,13 @@ def main() -> None:
     format_stats = read_json(args.formatted / "stats.json")
     metadata = AdapterMetadata(
         base_model=model_params["name"], backend=backend.name, params=sections, template=format_stats["template"],
-        format={"input_free_variant": format_stats["input_free_variant"]}, data=data,
-        reproduce={"command": "dvc repro", "git": git_revision(), "checkpoint_run_key": key},
+        format={"input_free_variant": format_stats["input_free_variant"]},
+        data={**data, "sample": format_stats["sample"]}, reproduce={**reproduction(), "checkpoint_run_key": key},
         resumed_from_step=checkpoint_step(outcome.resumed_from) if outcome.resumed_from else None,
-        effective={**outcome.effective, "device": device_description(), "dtype": str(backends.compute_dtype()),
-                   "patches": patched},
+        effective={**outcome.effective, **backends.effective_lora(model), "dtype": str(backends.compute_dtype()),
+                   "device": device_description(), "patches": patched},
         results=outcome.results(model_load_s=timeline.seconds("model_load")), libraries=library_versions())
-    save_adapter(args.out, model, tokenizer, metadata, timeline=timeline)  # metadata.json gets the timeline
+    save_adapter(args.out, model, tokenizer, metadata, card=render_card(metadata), timeline=timeline)
     shutil.rmtree(CHECKPOINTS_DIR / key, ignore_errors=True)  # the adapter is safe: its checkpoints are not
     timeline.write("train", last_phase="save")
     print(progress.summary(f"train: {outcome.describe()}; wrote {args.out}/; {timeline.summary()}"))

@@ -31,7 +31,7 @@ def run_dvc(workspace: Path, *args: str, check: bool = True, timeout: float = 90
 
 
 # The order `dvc repro` runs the stages in (dvc.yaml's order where the graph leaves a choice).
-PIPELINE = ["sample", "format", "train", "evaluate_base", "evaluate"]
+PIPELINE = ["sample", "format", "train", "evaluate_base", "evaluate", "card"]
 
 
 @pytest.fixture(scope="session")

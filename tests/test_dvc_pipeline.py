@@ -34,7 +34,7 @@ def test_evaluate_keys_rerun_both_evaluations_only_and_lm_eval_scores_a_local_ta
     task = "tests/lm_eval/tiny_capitals.yaml"
     output = run_dvc(workspace_copy, "exp", "run", "-S", "evaluate.max_new_tokens=8",
                      "-S", f"evaluate.lm_eval_tasks=[{task}]")
-    assert stages_run(output) == ["evaluate_base", "evaluate"]
+    assert stages_run(output) == ["evaluate_base", "evaluate", "card"]
     metrics = json.loads((workspace_copy / "reports/metrics.json").read_text())
     assert metrics["base"]["mean_answer_tokens"] <= 8 and metrics["adapter"]["mean_answer_tokens"] <= 8
     base, adapter = metrics["base"]["lm_eval"]["tiny_capitals"], metrics["adapter"]["lm_eval"]["tiny_capitals"]
@@ -83,7 +83,7 @@ def test_a_train_key_reruns_train_and_evaluate_but_not_the_base_into_an_experime
     base_before = lock_out_md5(workspace_copy, "reports/base")
     metrics_before = json.loads((workspace_copy / "reports/metrics.json").read_text())
     output = run_dvc(workspace_copy, "exp", "run", "-n", "lr-1e-3", "-S", "train.learning_rate=1e-3")
-    assert stages_run(output) == ["train", "evaluate"]
+    assert stages_run(output) == ["train", "evaluate", "card"]
     assert "Stage 'evaluate_base' didn't change, skipping" in output
     assert lock_out_md5(workspace_copy, "reports/base") == base_before
     shown = json.loads(run_dvc(workspace_copy, "exp", "show", "--json"))

@@ -82,6 +82,16 @@ def test_formatted_outputs_of_the_pipeline(reproduced_workspace):
     assert 40 < stats["train"]["tokens_mean"] < 120 and stats["train"]["rows_over_max_seq_length"] == 0
     first = json.loads((reproduced_workspace / "data/formatted/train.jsonl").read_text().splitlines()[0])
     assert first["input_ids"][-1] == 2 and first["prompt"].endswith("### Response:\n")
+    records = {r["id"]: r for r in map(json.loads, (reproduced_workspace / "data/sampled/train.jsonl").open())}
+    rows = [json.loads(line) for line in (reproduced_workspace / "data/formatted/train.jsonl").open()]
+    empty = [row for row in rows if not records[row["id"]]["input"].strip()]
+    assert 0 < len(empty) < len(rows)
+    assert all("### Input:\n\n\n### Response:\n" in row["prompt"] for row in empty), \
+        "the seed's single template: an empty Input block for a record without input"
+    assert stats["input_free_variant"] is False
+    sampled = json.loads((reproduced_workspace / "data/sampled/stats.json").read_text())
+    assert stats["sample"] == sampled and (sampled["fraction"], sampled["seed"]) == (0.4, 3407), \
+        "the sample's provenance travels on to the adapter's metadata"
 
 
 AWKWARD = [  # what real instruction data holds: unicode, emoji, literal special tokens, odd whitespace, code

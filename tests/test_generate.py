@@ -58,16 +58,19 @@ def test_streamed_text_is_the_answer_the_evaluate_stage_scored(reproduced_worksp
 
     model, tokenizer, render, _ = loaded
     scored = {row["id"]: row["adapter"] for row in read_jsonl(reproduced_workspace / "reports/generations.jsonl")}
+    streamed = 0
     for raw, formatted in records:
         prompt = render(raw["instruction"], raw["input"])
         pieces: list[str] = []
         answer, speed = stream_answer(model, tokenizer, prompt, max_new_tokens=32, on_text=pieces.append)
-        assert len(pieces) > 1, "text arrives piece by piece, not at the end"
-        assert "".join(pieces).strip() == answer.text != ""
+        assert "".join(pieces).strip() == answer.text
         expected = scored[formatted["id"]]
         assert (answer.text, answer.answer_tokens, answer.stopped_at_eos) == (
             expected["answer"], expected["answer_tokens"], expected["stopped_at_eos"])
         assert speed.prompts == 1 and speed.new_tokens_per_s > 0
+        # The tiny model may answer one prompt with EOS at once (an empty answer, nothing to stream).
+        streamed += len(pieces) > 1 and answer.text != ""
+    assert streamed >= 2, "text arrives piece by piece, not at the end"
 
 
 def test_generation_stops_at_eos(loaded, records):

@@ -16,13 +16,16 @@ def test_committed_params_are_the_seed_configuration():
                                "load_in_4bit": True, "offline_seed": 0,
                                "trust_remote_code": False}
     assert params["lora"] == {"r": 16, "alpha": 16, "dropout": 0.0, "target_modules": [
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "use_rslora": False}
+    assert params["format"]["input_free_variant"] is False, "the seed's one template, empty ### Input: included"
     assert params["data"]["source"] == "yahma/alpaca-cleaned" and params["data"]["fraction"] == 0.1
     train = params["train"]
     assert (train["backend"], train["epochs"], train["learning_rate"], train["seed"]) == ("unsloth", 1, 2e-4, 3407)
     assert (train["rows_per_step"], train["warmup_steps"]) == (8, 5), "the notebook's 2 x 4 rows a step"
     assert (train["batch_size"], train["gradient_checkpointing"]) == ("auto", "auto"), "what fits the GPU"
     assert (train["optimizer"], train["lr_scheduler"]) == ("adamw_8bit", "linear")
+    assert train["neftune_noise_alpha"] == 0, "NEFTune is an option, off as in the seed"
+    assert params["runtime"]["wandb_mode"] == "auto", "W&B on by default (online or offline), never blocking"
 
 
 def test_every_key_is_commented_and_known():

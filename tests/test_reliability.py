@@ -82,7 +82,8 @@ def committed(section: str) -> dict:
     ("data", {"fraction": -0.1}, "key 'data.fraction' must be in (0, 1], got -0.1"),
     ("lora", {"r": 0}, "key 'lora.r' must be a positive integer (the LoRA rank, e.g. 16), got 0"),
     ("lora", {"r": -8}, "key 'lora.r' must be a positive integer"),
-    ("lora", {"rank": 16}, "unknown key(s) lora.rank; known keys of 'lora': r, alpha, dropout, target_modules"),
+    ("lora", {"rank": 16},
+     "unknown key(s) lora.rank; known keys of 'lora': r, alpha, dropout, target_modules, use_rslora"),
     ("lora", {"target_modules": []}, "key 'lora.target_modules' must be a non-empty list of module names"),
     ("train", {"backend": "vllm"}, "key 'train.backend' must be one of unsloth, hf, got 'vllm'"),
     ("train", {"learning_rate": "2e-4"},
@@ -265,16 +266,16 @@ def test_disk_full_while_saving_the_adapter_leaves_no_valid_looking_adapter(tiny
 
     monkeypatch.setattr(peft.peft_model, "safe_save_file", disk_full)
     with pytest.raises(OSError, match="No space left on device"):
-        save_adapter(out, model, tokenizer, metadata)
+        save_adapter(out, model, tokenizer, metadata, card="# card\n")
     assert not out.exists() and not staging_path(out).exists()
     assert list((tmp_path / "models").iterdir()) == []
 
     monkeypatch.undo()
-    save_adapter(out, model, tokenizer, metadata)  # a previous good adapter...
+    save_adapter(out, model, tokenizer, metadata, card="# card\n")  # a previous good adapter...
     before = (out / "adapter_model.safetensors").read_bytes()
     monkeypatch.setattr(peft.peft_model, "safe_save_file", disk_full)
     with pytest.raises(OSError):
-        save_adapter(out, model, tokenizer, metadata)
+        save_adapter(out, model, tokenizer, metadata, card="# card\n")
     assert (out / "adapter_model.safetensors").read_bytes() == before, "...survives a failed save intact"
     assert AdapterMetadata.read(out) == metadata
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["adapter"]

@@ -12,7 +12,7 @@ import pytest
 from safetensors import safe_open
 
 from alpaca_qlora.files import file_sha256
-from alpaca_qlora.training.tracking import resolve_wandb_mode
+from alpaca_qlora.training.tracking import has_credentials, resolve_wandb_mode, wandb_dir
 from tests.conftest import run_dvc, stages_run
 from tests.remotes.servers import _LoopbackListener
 
@@ -36,7 +36,7 @@ def test_adapter_is_safetensors_with_its_config_tokenizer_and_metadata(reproduce
     assert meta["libraries"]["unsloth"] == "2026.10.9" and meta["libraries"]["trl"] == "1.15.0"
     results = meta["results"]
     assert math.isfinite(results["train_loss"]) and results["train_loss"] < 9
-    assert results["real_tokens"] == 53020, "one epoch over 800 rows = every real token once"
+    assert results["real_tokens"] == 59308, "one epoch over 800 rows = every real token once"
     assert results["real_tokens_per_s"] > 0 and results["peak_cpu_rss_gib"] > 0
     assert meta["effective"]["optimizer"] and meta["effective"]["device"]["type"] == "cpu"
     assert meta["params"]["train"]["packing"] is True and meta["effective"]["packing"] is False, \
@@ -77,14 +77,35 @@ def test_training_curves_go_to_dvclive(reproduced_workspace):
     assert "dvclive" not in (reproduced_workspace / "dvc.yaml").read_text().split("metrics:")[0]
 
 
-def test_wandb_online_without_network_falls_back_to_offline_quickly(monkeypatch):
-    monkeypatch.delenv("WANDB_MODE", raising=False)
+def test_wandb_goes_online_only_with_credentials_and_a_server_that_answers(monkeypatch, tmp_path):
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # no such file: no stored login
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # discard port: nothing listens
+    assert resolve_wandb_mode("auto") == "offline" and resolve_wandb_mode("online") == "offline", \
+        "no credentials: offline, never a login prompt"
+    (tmp_path / "netrc").write_text("machine 127.0.0.1:9 login user password " + "0" * 40 + "\n")
+    assert has_credentials("http://127.0.0.1:9"), "a netrc entry, as `wandb login` writes it"
     started = time.monotonic()
-    assert resolve_wandb_mode("online") == "offline"
+    assert resolve_wandb_mode("auto") == "offline", "credentials but no server: offline"
     assert time.monotonic() - started < 10
+    with ConnectionRecorder() as server:  # a server that accepts the connection
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.port}")
+        (tmp_path / "netrc").write_text(f"machine 127.0.0.1:{server.port} login user password {'0' * 40}\n")
+        assert resolve_wandb_mode("auto") == "online"
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert resolve_wandb_mode("online") == "disabled", "WANDB_MODE wins over the param"
+
+
+def test_wandb_runs_of_queued_experiments_land_in_the_repository_root(monkeypatch, tmp_path):
+    """`dvc exp run --queue` runs stages in .dvc/tmp/exps/..., deleted afterwards: wandb/ goes to the root."""
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    inside = tmp_path / "repo/.dvc/tmp/exps/tmpab12cd"
+    inside.mkdir(parents=True)
+    monkeypatch.chdir(inside)
+    assert wandb_dir() == (tmp_path / "repo").resolve()
+    monkeypatch.chdir(tmp_path / "repo")
+    assert wandb_dir() == (tmp_path / "repo").resolve()
 
 
 class ConnectionRecorder(_LoopbackListener):
@@ -128,30 +149,42 @@ def offline_run_records(run_dir: Path) -> dict[str, list]:
     return found
 
 
-def test_hf_backend_trains_with_wandb_offline_and_never_touches_the_network(workspace_copy):
+def test_hf_backend_trains_with_wandb_by_default_offline_and_never_touches_the_network(workspace_copy, tmp_path):
     """transformers + bitsandbytes + peft; 30 steps, since its CPU path is ~15x slower than Unsloth's.
 
-    Every route out (HTTP(S) proxies, the W&B server URL) points at a local listener that counts
-    connections; an offline run must make none and still record config and metrics in its run folder.
+    W&B as committed (runtime.wandb_mode auto), with no credentials, no terminal and no network: every route
+    out (HTTP(S) proxies, the W&B server URL) points at a local listener that counts connections. The run
+    must make none, never wait for a login, and still record config and metrics in an offline run folder
+    under wandb/ (git- and dvc-ignored), with the `wandb sync` line printed. The same run carries NEFTune and
+    rsLoRA on the hf backend to the trainer and the PEFT config (Unsloth's: tests/test_sweep.py).
     """
     with ConnectionRecorder() as network:
         dead_end = f"http://127.0.0.1:{network.port}"
         started = time.monotonic()
         output = run_dvc(workspace_copy, "exp", "run", "-n", "wandb-offline", "-S", "train.backend=hf",
-                         "-S", "runtime.wandb_mode=offline", "-S", "train.max_steps=30",
-                         env={"WANDB_MODE": None, "WANDB_DIR": str(workspace_copy / "build"),
+                         "-S", "train.max_steps=30", "-S", "train.neftune_noise_alpha=5", "-S", "lora.use_rslora=true",
+                         env={"WANDB_MODE": None, "WANDB_API_KEY": None, "WANDB_DIR": None,
+                              "NETRC": str(tmp_path / "netrc"), "WANDB_CONFIG_DIR": str(tmp_path),
                               "WANDB_BASE_URL": dead_end, "HTTP_PROXY": dead_end, "HTTPS_PROXY": dead_end,
                               "http_proxy": dead_end, "https_proxy": dead_end, "NO_PROXY": "", "no_proxy": ""})
         seconds = time.monotonic() - started
-    assert stages_run(output) == ["train", "evaluate"]
+    assert stages_run(output) == ["train", "evaluate", "card"]
     assert network.connections == 0, f"something tried the network during an offline run ({seconds:.0f}s)"
+    assert "no W&B credentials" in output and "logging W&B offline" in output
     runs = {}  # job type -> (run folder, its records): the train stage's run and the evaluate stage's
-    for run_dir in (workspace_copy / "build/wandb").glob("offline-run-*"):
+    for run_dir in (workspace_copy / "wandb").glob("offline-run-*"):
         found = offline_run_records(run_dir)
         runs[found["run"][0].run.job_type] = (run_dir, found)
     assert set(runs) == {"train", "evaluate"}, runs
+    assert f"wandb sync {runs['train'][0]}" in output, "the line that uploads the run later"
+    untracked = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=workspace_copy,
+                               capture_output=True, text=True).stdout
+    assert "wandb" not in untracked and "wandb" in run_dvc(workspace_copy, "check-ignore", "wandb/x")
     meta = json.loads((workspace_copy / "models/adapter/metadata.json").read_text())
     assert meta["backend"] == "hf" and meta["effective"]["global_steps"] == 30
+    assert meta["effective"]["neftune_noise_alpha"] == 5 and meta["effective"]["use_rslora"] is True
+    assert meta["effective"]["lora_scaling"] == [16 / math.sqrt(16)], "rsLoRA: alpha / sqrt(r)"
+    assert json.loads((workspace_copy / "models/adapter/adapter_config.json").read_text())["use_rslora"] is True
     metrics = json.loads((workspace_copy / "reports/metrics.json").read_text())
     assert metrics["adapter"]["eval_loss"] < metrics["base"]["eval_loss"] - 1
     check_evaluate_run_holds_the_generations_table(*runs["evaluate"], workspace_copy, metrics)
@@ -166,6 +199,7 @@ def test_hf_backend_trains_with_wandb_offline_and_never_touches_the_network(work
     assert config["params"]["lora"]["r"] == 16 and config["params"]["model"]["name"] == "offline:tiny-mistral"
     assert config["data"]["formatted_train_sha256"] == meta["data"]["formatted_train_sha256"]
     assert config["learning_rate"] == 5e-3, "transformers' WandbCallback reused the run and added its arguments"
+    assert config["neftune_noise_alpha"] == 5, "NEFTune reached the trainer's arguments"
     revision = config["revision"]
     assert revision["dvc_exp_name"] == "wandb-offline"
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workspace_copy, capture_output=True, text=True).stdout

@@ -16,6 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from alpaca_qlora.errors import run_main
+
 GENERATIONS = "reports/generations.jsonl"
 
 
@@ -62,4 +64,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -9,11 +9,19 @@ commit that release vendors. This module fetches that sdist once with pip (`pip 
 nothing is built or installed), keeps the three converter pieces under build/gguf-converter/, and runs the
 converter with this interpreter. Its types: f32, f16, bf16, q8_0 (the converter quantizes q8_0 itself).
 K-quants such as Q4_K_M need llama.cpp's compiled `llama-quantize`; docs/using-the-adapter.md gives the commands.
+The sdist (~77 MB) is kept in the user's cache (~/.cache/alpaca-qlora/, or $XDG_CACHE_HOME), checked
+against its sha256, so it is downloaded once per machine.
+
+Beside the GGUF file it writes an Ollama Modelfile (model-q8_0.gguf -> model-q8_0.Modelfile): the adapter's
+own prompt template as a Go template (PromptTemplate.go_template: the instruction is Ollama's prompt, the
+record's input its system message) and the stops where the adapter stops: EOS and the template's next
+"### Instruction:". `ollama create alpaca-qlora -f build/model-q8_0.Modelfile`, then `ollama run alpaca-qlora`.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import re
 import shutil
@@ -25,10 +33,14 @@ from pathlib import Path
 
 from alpaca_qlora import progress
 from alpaca_qlora.errors import UserError, run_main
+from alpaca_qlora.data.template import PromptTemplate
+from alpaca_qlora.files import atomic_write_bytes, file_sha256, read_json
 
 # The llama-cpp-python release whose vendored llama.cpp converter was checked against our merged models
 # (tests/test_gguf.py). A newer one may need a newer transformers; change it deliberately.
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
+SDIST = "llama_cpp_python-0.3.36.tar.gz"
+SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 CONVERTER_DIR = Path("build") / "gguf-converter"
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 PIECES = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
@@ -39,15 +51,8 @@ def converter(root: Path = CONVERTER_DIR) -> Path:
     script = root / "convert_hf_to_gguf.py"
     if script.is_file() and (root / "gguf-py" / "gguf").is_dir() and (root / "conversion").is_dir():
         return script
+    sdist = cached_sdist()
     with tempfile.TemporaryDirectory() as scratch:
-        progress.note(f"gguf: fetching llama.cpp's converter once, from the {LLAMA_CPP_PYTHON} sdist on PyPI (~77 MB)")
-        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                               "--dest", scratch, LLAMA_CPP_PYTHON], capture_output=True, text=True)
-        if done.returncode != 0:
-            reason = [line for line in done.stderr.splitlines() if line.strip()][-1:] or ["no output"]
-            raise UserError(f"pip download {LLAMA_CPP_PYTHON} failed ({reason[0].strip()}); connect to PyPI (or set "
-                            f"PIP_INDEX_URL to a mirror), or copy a fetched {root} here from a machine that has it")
-        (sdist,) = Path(scratch).glob("*.tar.gz")
         staging = Path(scratch) / "converter"
         with tarfile.open(sdist) as archive:
             members = [m for m in archive.getmembers()
@@ -62,6 +67,42 @@ def converter(root: Path = CONVERTER_DIR) -> Path:
         root.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staging), str(root))
     return script
+
+
+def cached_sdist(cache: Path | None = None) -> Path:
+    """The llama-cpp-python sdist from the user's cache, downloaded there with pip on first use."""
+    cache = cache or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alpaca-qlora"
+    path = cache / SDIST
+    if path.is_file() and file_sha256(path) == SDIST_SHA256:
+        return path
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as scratch:
+        progress.note(f"gguf: fetching llama.cpp's converter once, from the {LLAMA_CPP_PYTHON} sdist on PyPI (~77 MB)")
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                               "--dest", scratch, LLAMA_CPP_PYTHON], capture_output=True, text=True)
+        if done.returncode != 0:
+            reason = [line for line in done.stderr.splitlines() if line.strip()][-1:] or ["no output"]
+            raise UserError(f"pip download {LLAMA_CPP_PYTHON} failed ({reason[0].strip()}); connect to PyPI (or set "
+                            f"PIP_INDEX_URL to a mirror), or copy {SDIST} into {cache} from a machine that has it")
+        downloaded = Path(scratch) / SDIST
+        if file_sha256(downloaded) != SDIST_SHA256:
+            raise RuntimeError(f"{SDIST} from PyPI has sha256 {file_sha256(downloaded)}, not the pinned {SDIST_SHA256}")
+        os.replace(downloaded, path)  # whole or absent: a killed download never leaves a partial file here
+    return path
+
+
+def ollama_modelfile(gguf_file: Path, merge_summary: dict) -> str:
+    """The Modelfile text that runs `gguf_file` with the adapter's template and stops (see the docstring)."""
+    template = PromptTemplate.from_dict(merge_summary["template"])
+    body = template.go_template(input_free_variant=merge_summary["input_free_variant"])
+    if '"""' in body:
+        raise ValueError(f"template {template.name!r} contains three double quotes, which end an Ollama TEMPLATE")
+    stops = [merge_summary["eos_token"], template.instruction_marker()]
+    return "\n".join([
+        f"# Ollama: ollama create alpaca-qlora -f {gguf_file.with_suffix('.Modelfile').name} (from this folder)",
+        "# The instruction is the prompt; a record's input is the system message (/set system ... in ollama run).",
+        f"FROM ./{gguf_file.name}", f'TEMPLATE """{body}"""',
+        *[f"PARAMETER stop {json.dumps(stop)}" for stop in stops], ""])
 
 
 def export_gguf(merged_dir: Path, out_file: Path, *, outtype: str = "q8_0",
@@ -80,6 +121,8 @@ def export_gguf(merged_dir: Path, out_file: Path, *, outtype: str = "q8_0",
                                     "--outtype", outtype], env, tensors=tensor_count(merged_dir))
     if status != 0 or not out_file.is_file():
         raise RuntimeError(f"convert_hf_to_gguf.py failed on {merged_dir}:\n{output}")
+    atomic_write_bytes(out_file.with_suffix(".Modelfile"),
+                       ollama_modelfile(out_file, read_json(merged_dir / "merge.json")).encode("utf-8"))
     return out_file
 
 
@@ -139,8 +182,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--outtype", default="q8_0", choices=OUTTYPES)
     args = parser.parse_args()
-    print(progress.summary(f"gguf: wrote {export_gguf(args.merged, args.out, outtype=args.outtype)} "
-                           f"({args.outtype}) from {args.merged}"))
+    out = export_gguf(args.merged, args.out, outtype=args.outtype)
+    print(progress.summary(f"gguf: wrote {out} ({args.outtype}) from {args.merged}; Ollama: ollama create "
+                           f"alpaca-qlora -f {out.with_suffix('.Modelfile')}"))
 
 
 if __name__ == "__main__":

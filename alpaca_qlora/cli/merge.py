@@ -45,7 +45,8 @@ def merge_adapter(adapter_dir: Path, out_dir: Path, *, base_weights: str | None 
     The merge runs in the compute dtype (float32 on a CPU, bfloat16 on a recent GPU) and the result is
     cast to `save_dtype` once at the end.
     """
-    model_params = AdapterMetadata.read(adapter_dir).model_params  # a wrong folder fails before torch loads
+    metadata = AdapterMetadata.read(adapter_dir)  # a wrong folder fails before torch loads
+    model_params = metadata.model_params
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file; give the folder to write the merged model to")
     import torch
@@ -71,8 +72,10 @@ def merge_adapter(adapter_dir: Path, out_dir: Path, *, base_weights: str | None 
     progress.note(f"merge: saving {merged.num_parameters() * merged.dtype.itemsize / 1e9:.1f} GB to {out_dir}")
     merged.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))
+    # The template and EOS travel with the merged model: gguf_export writes the Ollama Modelfile from them.
     summary = {"adapter": str(adapter_dir), "base_model": model_params["name"], "base_weights": base_weights,
-               "dtype": save_dtype}
+               "dtype": save_dtype, "template": metadata.template,
+               "input_free_variant": metadata.format["input_free_variant"], "eos_token": tokenizer.eos_token}
     write_json(out_dir / "merge.json", summary)
     return summary
 

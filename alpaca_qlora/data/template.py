@@ -60,6 +60,26 @@ class PromptTemplate:
             return self.prompt_no_input.format(instruction=record["instruction"])
         return self.prompt_input.format(instruction=record["instruction"], input=record["input"])
 
+    def instruction_marker(self) -> str:
+        """The line that opens the instruction ("### Instruction:"): where a model that ran on would start a
+        new turn, so inference stops there (with EOS)."""
+        return self.prompt_input.split("{instruction}")[0].rstrip().splitlines()[-1].strip()
+
+    def go_template(self, *, input_free_variant: bool) -> str:
+        """The same prompt as a Go text/template for Ollama, `.Prompt` the instruction and `.System` the input.
+
+        Go's `if` is false only for an empty string, so with `input_free_variant` an input of spaces alone
+        gets the with-input prompt here where render_prompt strips it and uses the without-input one.
+        """
+        with_input = self.prompt_input.format(instruction="{{ .Prompt }}", input="{{ .System }}")
+        without_input = self.prompt_no_input.format(instruction="{{ .Prompt }}")
+        for text in (with_input, without_input):
+            if text.replace("{{ .Prompt }}", "").replace("{{ .System }}", "").count("{{"):
+                raise ValueError(f"template {self.name!r}: '{{{{' in its text would start a Go template action")
+        body = f"{{{{ if .System }}}}{with_input}{{{{ else }}}}{without_input}{{{{ end }}}}" if input_free_variant \
+            else with_input
+        return body + "{{ .Response }}"
+
     def as_dict(self) -> dict[str, str]:
         return {"name": self.name, "prompt_input": self.prompt_input,
                 "prompt_no_input": self.prompt_no_input, "response_marker": self.response_marker}

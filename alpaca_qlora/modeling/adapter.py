@@ -32,8 +32,8 @@ class AdapterMetadata:
     params: dict[str, dict[str, Any]]  # the model, lora and train sections the run read
     template: dict[str, str]  # PromptTemplate.as_dict() of the template training used
     format: dict[str, Any]  # {"input_free_variant": bool}
-    data: dict[str, Any]  # {"formatted_train_sha256": ..., "train_rows": ...}
-    reproduce: dict[str, Any]  # {"command": "dvc repro", "git": {...}, "checkpoint_run_key": ...}
+    data: dict[str, Any]  # {"formatted_train_sha256", "train_rows", "sample": data/sampled/stats.json}
+    reproduce: dict[str, Any]  # {"command": "dvc repro" or "dvc exp run -S ...", "git": {...}, "checkpoint_run_key"}
     resumed_from_step: int | None  # steps restored from a killed run's checkpoint; None: trained in one go
     effective: dict[str, Any]  # what actually ran, after the libraries' own adjustments (Unsloth on CPU, ...)
     results: dict[str, Any]  # loss, runtime, real tokens and tokens/s of this process's steps, peak memory
@@ -95,8 +95,9 @@ def check_adapter_folder(adapter_dir: Path) -> Path:
     return folder
 
 
-def save_adapter(out: Path, model, tokenizer, metadata: AdapterMetadata, *, timeline=None) -> None:
-    """Adapter safetensors, config, tokenizer and metadata.json, all renamed into `out` at once when complete:
+def save_adapter(out: Path, model, tokenizer, metadata: AdapterMetadata, *, card: str, timeline=None) -> None:
+    """Adapter safetensors, config, tokenizer, metadata.json and the model card (README.md, in place of PEFT's
+    empty template), all renamed into `out` at once when complete:
     a full disk or a kill while saving leaves no folder that looks like a valid adapter.
 
     With a `timeline`, the weights' writing is its phase "save", and metadata.json records the timeline up
@@ -108,3 +109,4 @@ def save_adapter(out: Path, model, tokenizer, metadata: AdapterMetadata, *, time
             timeline.mark("save")
             metadata = replace(metadata, timeline=timeline.as_dict())
         write_json(staging / METADATA_FILE, metadata.as_dict())
+        (staging / "README.md").write_text(card, encoding="utf-8")

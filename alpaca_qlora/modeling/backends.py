@@ -53,8 +53,18 @@ def compute_dtype():
 
 
 def lora_kwargs(lora_params: dict[str, Any]) -> dict[str, Any]:
+    """PEFT's LoraConfig arguments; Unsloth's get_peft_model takes the same names."""
     return dict(r=lora_params["r"], lora_alpha=lora_params["alpha"], lora_dropout=float(lora_params["dropout"]),
-                target_modules=list(lora_params["target_modules"]), bias="none")
+                target_modules=list(lora_params["target_modules"]), bias="none",
+                use_rslora=lora_params["use_rslora"])
+
+
+def effective_lora(model) -> dict[str, Any]:
+    """What the built adapter really uses: rsLoRA on or off, and the scale its LoRA layers apply."""
+    config = model.peft_config["default"]
+    scales = {module.scaling["default"] for module in model.modules()
+              if isinstance(getattr(module, "scaling", None), dict) and "default" in module.scaling}
+    return {"use_rslora": bool(config.use_rslora), "lora_scaling": sorted(scales)}
 
 
 class Backend:

@@ -1,33 +1,73 @@
-"""Where training curves go: DVCLive always, Weights & Biases when asked, never blocking a run.
+"""Where training curves go: DVCLive always, Weights & Biases by default, never blocking a run.
 
 DVCLive writes under reports/train/ with `dvcyaml=False`: the metrics and plots are declared once, at the
 top level of dvc.yaml, so DVCLive never rewrites it. W&B's mode comes from the WANDB_MODE environment
-variable if set, else from runtime.wandb_mode. "online" without a reachable server falls back to "offline"
-(runs are synced later with `wandb sync wandb/`) instead of hanging or failing the stage.
+variable if set, else from runtime.wandb_mode. "auto" (the default) and "online" log online only when
+credentials are there (WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE or a netrc entry for the W&B host, as
+`wandb login` writes) and the server answers within a few seconds; otherwise they log offline into wandb/
+at the repository root (git- and dvc-ignored) and print the `wandb sync` line that uploads the run later.
+W&B is never left to ask for a login: with no credentials it is never started online.
 """
 from __future__ import annotations
 
+import netrc
 import os
 import socket
+from pathlib import Path
 from urllib.parse import urlparse
 
 from alpaca_qlora.errors import UserError
 
 TRAIN_LOG_DIR = "reports/train"
+WANDB_HOST = "https://api.wandb.ai"
+EXPERIMENT_WORKSPACES = (".dvc", "tmp", "exps")  # where `dvc exp run --queue / --temp` runs the stages
 
 
 def resolve_wandb_mode(param_mode: str, *, probe_timeout_s: float = 3.0) -> str:
+    """"disabled", "offline" or "online": what W&B will do in this run (see the module docstring)."""
     mode = os.environ.get("WANDB_MODE", param_mode).strip().lower()
     if mode == "dryrun":  # W&B's older name for offline
         mode = "offline"
-    if mode not in {"disabled", "offline", "online"}:
-        raise UserError(f"the environment's WANDB_MODE={mode!r} is not disabled, offline or online; set it to one "
-                        "of them, or unset it to use runtime.wandb_mode")
-    if mode == "online" and not _reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"),
-                                           probe_timeout_s):
-        print("train: Weights & Biases server unreachable; logging offline (sync later: wandb sync wandb/)")
-        mode = "offline"
-    return mode
+    if mode not in {"auto", "disabled", "offline", "online"}:
+        raise UserError(f"the environment's WANDB_MODE={mode!r} is not auto, online, offline or disabled; set it to "
+                        "one of them, or unset it to use runtime.wandb_mode")
+    if mode in {"disabled", "offline"}:
+        return mode
+    host = os.environ.get("WANDB_BASE_URL", WANDB_HOST)
+    if not has_credentials(host):
+        reason = f"no W&B credentials (WANDB_API_KEY or a netrc entry for {urlparse(host).hostname}: `wandb login`)"
+    elif not _reachable(host, probe_timeout_s):
+        reason = f"W&B server {host} unreachable"
+    else:
+        return "online"
+    print(f"train: {reason}; logging W&B offline" + (" (runtime.wandb_mode is online)" if mode == "online" else ""))
+    return "offline"
+
+
+def has_credentials(host: str) -> bool:
+    """What wandb.init would log in with, without asking: an API key or token file in the environment, or
+    a netrc entry for `host` (the NETRC file, else ~/.netrc)."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc").expanduser()
+    try:
+        entry = netrc.netrc(str(path)).authenticators(urlparse(host).netloc)
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(entry and entry[2])
+
+
+def wandb_dir() -> Path:
+    """The folder that gets wandb/ (WANDB_DIR wins): the repository root, also when DVC runs the stage in a
+    temporary copy under .dvc/tmp/exps/ (a queued or --temp experiment), which is deleted afterwards."""
+    if os.environ.get("WANDB_DIR"):
+        return Path(os.environ["WANDB_DIR"])
+    cwd = Path.cwd().resolve()
+    parts = cwd.parts
+    for i in range(len(parts) - len(EXPERIMENT_WORKSPACES)):
+        if parts[i:i + len(EXPERIMENT_WORKSPACES)] == EXPERIMENT_WORKSPACES:
+            return Path(*parts[:i])
+    return cwd
 
 
 def _reachable(url: str, timeout_s: float) -> bool:
@@ -73,8 +113,10 @@ def training_callbacks_and_reporters(runtime_params: dict, *, run_config: dict |
         import wandb
 
         revision = run_revision()
-        wandb.init(project=os.environ["WANDB_PROJECT"], mode=mode, name=revision["dvc_exp_name"], job_type="train",
-                   config={**(run_config or {}), "revision": revision})
+        run = wandb.init(project=os.environ["WANDB_PROJECT"], mode=mode, name=revision["dvc_exp_name"],
+                         job_type="train", dir=str(wandb_dir()), config={**(run_config or {}), "revision": revision})
+        if mode == "offline":
+            print(f"train: W&B run saved offline; upload it with: wandb sync {Path(run.dir).parent}")
         reporters.append("wandb")
     live = Live(dir=TRAIN_LOG_DIR, dvcyaml=False, save_dvc_exp=False, report=None)
     return [DVCLiveCallback(live=live, log_model=None)], reporters

@@ -49,6 +49,7 @@ def sft_config(*, model_params: dict, train_params: dict, runtime_params: dict, 
         learning_rate=train_params["learning_rate"], lr_scheduler_type=train_params["lr_scheduler"],
         warmup_steps=train_params["warmup_steps"], weight_decay=train_params["weight_decay"],
         optim=train_params["optimizer"], seed=train_params["seed"], data_seed=train_params["seed"],
+        neftune_noise_alpha=train_params["neftune_noise_alpha"] or None,  # None: off, as TRL expects
         logging_steps=runtime_params["logging_steps"], max_length=model_params["max_seq_length"],
         packing=train_params["packing"], packing_strategy="bfd", completion_only_loss=not train_params["train_on_prompt"],
         bf16=on_gpu and dtype == torch.bfloat16, fp16=on_gpu and dtype == torch.float16,
@@ -184,6 +185,7 @@ def train(model, tokenizer, rows: list[dict[str, Any]], *, model_params: dict, t
     outcome.effective = {
         "optimizer": str(args.optim), "packing": bool(args.packing),
         "padding_free": bool(getattr(args, "padding_free", False)), "completion_only_loss": args.completion_only_loss,
+        "neftune_noise_alpha": trainer.neftune_noise_alpha,
         "global_steps": result.global_step, **effective, "gradient_checkpointing_active": probe.active,
         "replica_divergence": divergence}
     return outcome

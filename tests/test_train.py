@@ -170,7 +170,7 @@ def test_hf_backend_trains_with_wandb_by_default_offline_and_never_touches_the_n
         seconds = time.monotonic() - started
     assert stages_run(output) == ["train", "evaluate", "card"]
     assert network.connections == 0, f"something tried the network during an offline run ({seconds:.0f}s)"
-    assert "no W&B credentials" in output and "logging W&B offline" in output
+    assert "W&B: no W&B credentials" in output and "logging offline" in output
     runs = {}  # job type -> (run folder, its records): the train stage's run and the evaluate stage's
     for run_dir in (workspace_copy / "wandb").glob("offline-run-*"):
         found = offline_run_records(run_dir)

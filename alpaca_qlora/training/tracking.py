@@ -40,7 +40,7 @@ def resolve_wandb_mode(param_mode: str, *, probe_timeout_s: float = 3.0) -> str:
         reason = f"W&B server {host} unreachable"
     else:
         return "online"
-    print(f"train: {reason}; logging W&B offline" + (" (runtime.wandb_mode is online)" if mode == "online" else ""))
+    print(f"W&B: {reason}; logging offline" + (" (runtime.wandb_mode is online)" if mode == "online" else ""))
     return "offline"
 
 

@@ -92,7 +92,8 @@ def test_one_inference_rule_for_both_stages_and_the_generate_command():
     from alpaca_qlora.params import CHOICES
 
     assert inference.CHOICES == CHOICES[("evaluate", "backend")] and inference.PATHS == ("unsloth", "hf", "merged")
-    assert inference.resolve("auto", cuda_available=True) == "unsloth"
+    assert inference.resolve("auto", cuda_available=True, gpu_total_gib=139.8) == "merged", "an H200"
+    assert inference.resolve("auto", cuda_available=True, gpu_total_gib=15.6) == "unsloth", "a 16 GB card"
     assert inference.resolve("auto", cuda_available=False) == "merged"
     assert inference.resolve("hf", cuda_available=True) == "hf"
     with pytest.raises(ValueError, match="must be one of auto, unsloth, hf, merged, got 'vllm'"):

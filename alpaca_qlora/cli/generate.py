@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--input", default="", help="the record's input (context); empty by default")
     parser.add_argument("--interactive", action="store_true", help="read one instruction per stdin line")
     parser.add_argument("--backend", choices=inference.CHOICES, default="auto",
-                        help="auto (default): unsloth on a GPU, merged on a CPU "
+                        help="auto (default): merged on a CPU or a GPU of 40 GiB+, else unsloth "
                              "(alpaca_qlora/modeling/inference.py)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy decoding")

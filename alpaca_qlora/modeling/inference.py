@@ -8,10 +8,18 @@ Paths (`evaluate.backend`, `generate --backend`), each for the base model alone 
   the adapter merged in (alpaca_qlora/cli/merge.py's default): plain transformers, no 4-bit kernels and
   no LoRA branch at decode time. Rounding differs from the 4-bit path; benchmarks/generation_paths.py
   measures how often greedy answers differ.
-- `auto` (the default): `unsloth` on a GPU, `merged` on a CPU. On a GPU Unsloth's path is the trained
-  model itself and was the fastest batched path measured (NOTES: 1,265 new tokens/s at batch 64 on an
-  H200); on a CPU bitsandbytes' 4-bit kernels make the 4-bit paths several times slower than plain
-  float32 (benchmarks/generation_paths.py prints the figures).
+- `auto` (the default): `merged` on a CPU and on a GPU of at least MERGED_MIN_GPU_GIB, else `unsloth`.
+  Measured on an H200 with the Mistral-7B geometry (BENCHMARKS.md, benchmarks/generation_paths.py), 100
+  held-out prompts, 256 new tokens, batch 64: `merged` with static-cache CUDA-graph decoding 2,178 new
+  tokens/s and 89 single-stream, peak 17.0 GiB; `unsloth` 929 and 23, peak 11.1 GiB; the same merged model
+  through `model.generate` 675 and 21. A 16-bit copy of a 7B model does not fit a 16-24 GB card, where
+  Unsloth's 4-bit path stays. The rule reads the card's total memory, not its free memory, so the two
+  evaluate stages always agree. On a CPU bitsandbytes' 4-bit kernels make the 4-bit paths several times
+  slower than plain float32.
+  Faithfulness: `merged` adds the adapter to the very weights training saw (dequantized NF4), so it
+  computes the trained model up to 16-bit rounding; greedy answers of a random-weight benchmark model,
+  whose logits have near-ties everywhere, diverge from the 4-bit path's within a few tokens (and even
+  between two 16-bit kernels), so that measurement says little about a trained model's answers.
 
 Both evaluate stages resolve the same `evaluate.backend` here, so base and adapter figures always come
 from the same path and compare. The adapter's own training backend (train.backend) does not enter: the
@@ -29,11 +37,11 @@ from alpaca_qlora.params import CHOICES as PARAM_CHOICES
 
 CHOICES = PARAM_CHOICES[("evaluate", "backend")]
 PATHS = tuple(choice for choice in CHOICES if choice != "auto")
-AUTO = {"cuda": "unsloth", "cpu": "merged"}
+MERGED_MIN_GPU_GIB = 40  # a 7B model in 16 bits peaked at 17.0 GiB answering 64 prompts of 256 tokens
 
 
-def resolve(requested: str, *, cuda_available: bool | None = None) -> str:
-    """The path `requested` names; `auto` -> AUTO for this machine."""
+def resolve(requested: str, *, cuda_available: bool | None = None, gpu_total_gib: float | None = None) -> str:
+    """The path `requested` names; `auto` -> merged on a CPU or a GPU of MERGED_MIN_GPU_GIB, else unsloth."""
     if requested not in CHOICES:
         raise ValueError(f"evaluate.backend / --backend must be one of {', '.join(CHOICES)}, got {requested!r}")
     if requested != "auto":
@@ -42,7 +50,13 @@ def resolve(requested: str, *, cuda_available: bool | None = None) -> str:
         import torch
 
         cuda_available = torch.cuda.is_available()
-    return AUTO["cuda" if cuda_available else "cpu"]
+    if not cuda_available:
+        return "merged"
+    if gpu_total_gib is None:
+        import torch
+
+        gpu_total_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    return "merged" if gpu_total_gib >= MERGED_MIN_GPU_GIB else "unsloth"
 
 
 def static_decoding(path: str) -> bool:

@@ -23,13 +23,8 @@ def write_generations_report(path: Path, metrics: dict[str, Any], records: list[
              tally(records, lambda r: r["base"]["rouge_l"], lambda r: r["adapter"]["rouge_l"], "the adapter",
                    "the base"),
              f"## The {min(shown, len(records))} rows where base and adapter differ most\n",
-             "Largest |ROUGE-L adapter − base| first.\n"]
-    for record in most_different(records, lambda r: r["base"]["rouge_l"], lambda r: r["adapter"]["rouge_l"])[:shown]:
-        lines += [f"### Record {record['id']}: ROUGE-L {record['base']['rouge_l']:.3f} (base) → "
-                  f"{record['adapter']['rouge_l']:.3f} (adapter)\n",
-                  "**Prompt**\n", fenced(record["prompt"]), "**Reference**\n", fenced(record["reference"]),
-                  f"**Adapter** ({answer_end(record['adapter'])})\n", fenced(record["adapter"]["answer"]),
-                  f"**Base** ({answer_end(record['base'])})\n", fenced(record["base"]["answer"])]
+             "Largest |ROUGE-L adapter − base| first.\n",
+             *most_different_rows(records, ("base", "adapter"), ("base", "adapter"), shown)]
     atomic_write_bytes(path, "\n".join(lines).encode("utf-8"))
 
 
@@ -44,14 +39,24 @@ def compare_runs(first: list[dict[str, Any]], second: list[dict[str, Any]], name
     lines = [f"# {model} answers: {names[0]} vs {names[1]}\n",
              figures_table(names, [summarize(row["a"] for row in pairs), summarize(row["b"] for row in pairs)]),
              tally(pairs, lambda p: p["a"]["rouge_l"], lambda p: p["b"]["rouge_l"], names[1], names[0]),
-             f"## The {min(shown, len(pairs))} rows where they differ most\n"]
-    for pair in most_different(pairs, lambda p: p["a"]["rouge_l"], lambda p: p["b"]["rouge_l"])[:shown]:
-        lines += [f"### Record {pair['id']}: ROUGE-L {pair['a']['rouge_l']:.3f} ({names[0]}) → "
-                  f"{pair['b']['rouge_l']:.3f} ({names[1]})\n",
-                  "**Prompt**\n", fenced(pair["prompt"]), "**Reference**\n", fenced(pair["reference"]),
-                  f"**{names[0]}** ({answer_end(pair['a'])})\n", fenced(pair["a"]["answer"]),
-                  f"**{names[1]}** ({answer_end(pair['b'])})\n", fenced(pair["b"]["answer"])]
+             f"## The {min(shown, len(pairs))} rows where they differ most\n",
+             *most_different_rows(pairs, ("a", "b"), names, shown)]
     return "\n".join(lines)
+
+
+def most_different_rows(rows: list[dict[str, Any]], keys: tuple[str, str], names: tuple[str, str],
+                        shown: int) -> list[str]:
+    """Markdown of the `shown` rows whose two answers (rows[i][keys[0]], rows[i][keys[1]]) differ most in
+    ROUGE-L: the prompt, the reference, then the second answer and the first."""
+    first, second = keys
+    lines = []
+    for row in most_different(rows, lambda r: r[first]["rouge_l"], lambda r: r[second]["rouge_l"])[:shown]:
+        lines += [f"### Record {row['id']}: ROUGE-L {row[first]['rouge_l']:.3f} ({names[0]}) → "
+                  f"{row[second]['rouge_l']:.3f} ({names[1]})\n",
+                  "**Prompt**\n", fenced(row["prompt"]), "**Reference**\n", fenced(row["reference"]),
+                  f"**{names[1]}** ({answer_end(row[second])})\n", fenced(row[second]["answer"]),
+                  f"**{names[0]}** ({answer_end(row[first])})\n", fenced(row[first]["answer"])]
+    return lines
 
 
 def figures_table(columns: tuple[str, ...], values: list[dict[str, float]]) -> str:

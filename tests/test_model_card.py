@@ -58,7 +58,8 @@ def test_the_card_stage_adds_every_evaluation_figure(reproduced_workspace):
              if re.search(r"\(`(.+)`\)$", label)}
     assert {key: json.loads(value) for key, value in shown.items()} == flat_metrics(metrics)
     keys = list(shown)
-    assert keys[:2] == ["eval_loss", "base_eval_loss"], "known figures first, in words"
+    assert keys[:3] == ["adapter.eval_loss", "base.eval_loss", "adapter_minus_base.eval_loss"], \
+        "known figures first, in words"
     assert card == render_card(meta, metrics=metrics), "the card is the adapter's card plus its evaluation"
     assert card.split("## Evaluation")[0] == (reproduced_workspace / "models/adapter/README.md").read_text() \
         .split("## Evaluation")[0].replace(" by alpaca_qlora", " and reports/metrics.json by alpaca_qlora", 1)
@@ -67,10 +68,10 @@ def test_the_card_stage_adds_every_evaluation_figure(reproduced_workspace):
 def test_metrics_of_any_shape_are_rendered_known_keys_first(reproduced_workspace):
     """reports/metrics.json may grow (ROUGE-L, exact match, nested sections): every figure still gets a row."""
     meta = AdapterMetadata.read(reproduced_workspace / "models/adapter")
-    metrics = {"rouge_l": {"adapter": 0.31, "base": 0.12}, "eval_loss": 1.5, "stop_rate": 1.0}
+    metrics = {"adapter": {"eval_loss": 1.5, "judge": {"score": 0.31}}, "stop_rate": 1.0}
     rows = table_rows(render_card(meta, metrics=metrics))
-    assert rows[f"{KNOWN_METRICS['eval_loss']} (`eval_loss`)"] == "1.5"
-    assert rows["rouge_l.adapter (`rouge_l.adapter`)"] == "0.31" and rows["stop_rate (`stop_rate`)"] == "1.0"
+    assert rows[f"{KNOWN_METRICS['adapter.eval_loss']} (`adapter.eval_loss`)"] == "1.5"
+    assert rows["adapter.judge.score (`adapter.judge.score`)"] == "0.31" and rows["stop_rate (`stop_rate`)"] == "1.0"
 
 
 def test_the_reproduce_command_names_each_adapter_key_that_differs_from_the_commit(tmp_path, monkeypatch):

@@ -62,7 +62,7 @@ def test_killed_training_resumes_from_the_last_complete_checkpoint(offline_works
     (partial / "adapter_model.safetensors").write_bytes(b"half")
 
     output = run_dvc(workspace, "repro")
-    assert stages_run(output) == ["train", "evaluate", "card"]
+    assert stages_run(output) == ["train", "evaluate_base", "evaluate", "card"]
     assert f"removing incomplete checkpoint {run_dir.relative_to(workspace)}/checkpoint-99" in output
     meta = json.loads((workspace / "models/adapter/metadata.json").read_text())
     assert meta["resumed_from_step"] == stopped, "resumed at the last complete checkpoint, not at 0"

@@ -56,7 +56,8 @@ def test_the_adapter_records_its_batch_plan_and_every_stage_its_timeline(reprodu
     expected = {"sample": ["startup", "load", "sample", "save"], "format": ["startup", "tokenizer_load", "format", "save"],
                 "train": ["startup", "imports", "data_and_plan", "model_load", "trainer_setup", "first_step", "loop",
                           "save"],
-                "evaluate": ["startup", "imports", "model_load", "base_model", "adapter", "save"]}
+                "evaluate_base": ["startup", "imports", "model_load", "heldout_and_lm_eval", "save"],
+                "evaluate": ["startup", "imports", "model_load", "heldout_and_lm_eval", "save"]}
     for stage, phases in expected.items():
         timeline = json.loads((reproduced_workspace / f"reports/timelines/{stage}.json").read_text())
         assert [name for name, _ in timeline["phases"]] == phases, stage

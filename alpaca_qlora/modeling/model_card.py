@@ -12,17 +12,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from alpaca_qlora.evaluation.report import LABELS
+
 ARTIFACT = "alpaca-qlora-adapter"  # the adapter's name in dvc.yaml's `artifacts:` (the DVC model registry)
 
 # reports/metrics.json keys this card names in words, in this order; any other key follows, as it is named.
-KNOWN_METRICS = {
-    "eval_loss": "held-out loss, base + adapter", "base_eval_loss": "held-out loss, base model",
-    "eval_loss_reduction": "loss reduction (base - adapter)",
-    "eval_perplexity": "held-out perplexity, base + adapter", "base_eval_perplexity": "held-out perplexity, base model",
-    "eval_rows": "held-out records", "eval_response_tokens": "scored response tokens",
-    "generation_prompts_per_s": "greedy generation, prompts/s",
-    "generation_new_tokens_per_s": "greedy generation, new tokens/s",
-}
+_MODELS = {"adapter": "base + adapter", "base": "base model", "adapter_minus_base": "adapter - base"}
+KNOWN_METRICS = {f"{model}.{key}": f"{label}, {who}" for key, label in LABELS.items() for model, who in _MODELS.items()}
+KNOWN_METRICS.update({"eval_rows": "held-out records", "eval_response_tokens": "scored response tokens"})
 
 
 def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -110,8 +107,8 @@ def _template_section(meta) -> list[str]:
 
 def _evaluation_section(metrics: dict[str, Any] | None, commit: str | None) -> list[str]:
     if metrics is None:
-        return ["## Evaluation\n", "The `evaluate` stage runs after training: held-out loss and perplexity of the "
-                "base model and of base + adapter, in reports/metrics.json (`dvc metrics show`), and this card with "
+        return ["## Evaluation\n", "The `evaluate` stage runs after training: held-out loss, perplexity, "
+                "ROUGE-L, exact match, answer length and EOS-stop rate of the base model and of base + adapter, in reports/metrics.json (`dvc metrics show`), and this card with "
                 f"those figures in reports/model_card.md{f' at commit `{commit}`' if commit else ''}.\n"]
     flat = flat_metrics(metrics)
     ordered = [key for key in KNOWN_METRICS if key in flat] + sorted(key for key in flat if key not in KNOWN_METRICS)

@@ -7,6 +7,8 @@ VENV ?= .venv
 SMOKE_DIR ?= build/smoke
 ARGS ?=
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist, one test file per process at a time); 0 runs the suite in this process.
+TEST_PROCESSES ?= 2
 
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
@@ -33,7 +35,7 @@ smoke: install
 	@echo "Smoke run in $(SMOKE_DIR): answers in $(SMOKE_DIR)/reports/generations.md (.jsonl), adapter and its card in $(SMOKE_DIR)/models/adapter, card with the evaluation in $(SMOKE_DIR)/reports/model_card.md, W&B run in $(SMOKE_DIR)/wandb (offline unless logged in)"
 
 test: install
-	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf build

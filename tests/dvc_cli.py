@@ -5,11 +5,14 @@ tests/conftest.py (the pipeline tests) and tests/remotes/ (the sharing tests) bo
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from alpaca_qlora.files import file_sha256
 
 DVC = str(Path(sys.executable).with_name("dvc"))
 
@@ -91,3 +94,39 @@ def lock_out_md5(repo: Path, rel: str) -> str:
             if out["path"] == rel:
                 return out["md5"]
     raise KeyError(f"{rel} is not an output in {repo}/dvc.lock")
+
+
+def digest_tree(repo: Path, rel: str) -> dict[str, str]:
+    """``{relative file path: sha256}`` for a file or every file under a directory."""
+    root = Path(repo) / rel
+    if root.is_file():
+        return {rel: file_sha256(root)}
+    if not root.exists():
+        return {}
+    return {
+        path.relative_to(repo).as_posix(): file_sha256(path)
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def digest_outputs(repo: Path) -> dict[str, str]:
+    """sha256 of every file of every output in ``repo``'s dvc.lock, present or not."""
+    digests: dict[str, str] = {}
+    for rel in lock_outputs(repo):
+        digests.update(digest_tree(repo, rel))
+    return digests
+
+
+def copy_repo(src: Path, dest: Path) -> Path:
+    """Copy a whole repository (work tree, .git, .dvc/cache) to ``dest``, leaving out .dvc/tmp.
+
+    DVC's link-type default (reflink, else copy) means the copy shares nothing with ``src``. .dvc/tmp (the
+    state DB of src's inodes, lock files of a DVC command running there from another test process) is
+    DVC's to rebuild.
+    """
+    def skip_dvc_tmp(folder: str, names: list[str]) -> list[str]:
+        return ["tmp"] if Path(folder) == Path(src) / ".dvc" else []
+
+    shutil.copytree(src, dest, symlinks=True, ignore=skip_dvc_tmp)
+    return Path(dest)

@@ -43,19 +43,14 @@ def test_evaluate_writes_base_vs_adapter_rows_matching_the_metrics(reproduced_wo
 
 
 @pytest.fixture(scope="module")
-def compared(reproduced_workspace, tmp_path_factory):
-    """The baseline committed, one experiment with fewer steps, and `dvc plots diff` of the two as HTML."""
-    workspace = tmp_path_factory.mktemp("compare") / "repo"
-    shutil.copytree(reproduced_workspace, workspace, symlinks=True)
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "-c", "commit.gpgsign=false"]
-    subprocess.run(git + ["add", "-A"], cwd=workspace, check=True)
-    subprocess.run(git + ["commit", "-qm", "baseline results"], cwd=workspace, check=True)
-    shutil.copyfile(workspace / "reports/generations.jsonl", workspace / "build/head-generations.jsonl")
-    run_dvc(workspace, "exp", "run", "-n", "short", "-S", "train.max_steps=20")
-    template = write_offline_template(workspace / "build/plots/offline-template.html")
-    run_dvc(workspace, "plots", "diff", "HEAD", "short", "--html-template", str(template), "-o", "build/plots")
-    page = workspace / "build/plots/index.html"
-    return workspace, page
+def compared(experiment_workspace, tmp_path_factory):
+    """The session's experiment (`short`, 20 steps) beside the committed baseline (HEAD), and `dvc plots diff`
+    of the two as an HTML page outside the workspace."""
+    out = tmp_path_factory.mktemp("plots")
+    template = write_offline_template(out / "offline-template.html")
+    run_dvc(experiment_workspace.repo, "plots", "diff", "HEAD", "short", "--html-template", str(template),
+            "-o", str(out / "page"))
+    return experiment_workspace.repo, out / "page" / "index.html"
 
 
 def test_plots_diff_page_holds_every_plot_for_both_experiments_and_no_cdn(compared):
@@ -97,14 +92,15 @@ def test_plots_render_in_headless_chromium_with_no_network(compared):
     assert len(re.findall(r'<path[^>]+aria-roledescription="bar"', dom)) >= 8, "4 bars per bar plot"
 
 
-def test_compare_generations_reads_two_experiments_from_dvc_and_ranks_their_differences(compared):
+def test_compare_generations_reads_two_experiments_from_dvc_and_ranks_their_differences(compared,
+                                                                                       reproduced_workspace):
     """`compare_generations HEAD short`: both runs' answers read through DVC (HEAD's from the cache, not the
     workspace), the wins counted per row, and the rows whose adapter answers differ most shown first."""
     from alpaca_qlora.evaluation.scores import summarize
     from alpaca_qlora.files import read_jsonl
 
     workspace, _ = compared
-    head, short = (read_jsonl(workspace / "build/head-generations.jsonl"),
+    head, short = (read_jsonl(reproduced_workspace / "reports/generations.jsonl"),  # what HEAD committed
                    read_jsonl(workspace / "reports/generations.jsonl"))
     assert [r["id"] for r in head] == [r["id"] for r in short] and head != short
     done = subprocess.run([sys.executable, "-m", "alpaca_qlora.cli.compare_generations", "HEAD", "short", "--top", "5"],

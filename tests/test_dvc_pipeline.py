@@ -78,21 +78,22 @@ def test_same_params_give_same_data_hashes(reproduced_workspace, offline_workspa
 
 
 def test_a_train_key_reruns_train_and_evaluate_but_not_the_base_into_an_experiment_listed_with_its_metrics(
-        workspace_copy):
-    """The base model is evaluated once: its figures come from DVC's cache, byte for byte."""
-    base_before = lock_out_md5(workspace_copy, "reports/base")
-    metrics_before = json.loads((workspace_copy / "reports/metrics.json").read_text())
-    output = run_dvc(workspace_copy, "exp", "run", "-n", "lr-1e-3", "-S", "train.learning_rate=1e-3")
-    assert stages_run(output) == ["train", "evaluate", "card"]
-    assert "Stage 'evaluate_base' didn't change, skipping" in output
-    assert lock_out_md5(workspace_copy, "reports/base") == base_before
-    shown = json.loads(run_dvc(workspace_copy, "exp", "show", "--json"))
-    experiments = {exp["name"]: exp for rev in shown for exp in (rev.get("experiments") or [])}
-    assert "lr-1e-3" in experiments, shown
-    data = experiments["lr-1e-3"]["revs"][0]["data"]
-    assert data["params"]["params.yaml"]["data"]["train"]["learning_rate"] == 1e-3
+        reproduced_workspace, experiment_workspace):
+    """The session's experiment (`-S train.max_steps=20`): the base model is evaluated once, its figures
+    come from DVC's cache, byte for byte."""
+    exp = experiment_workspace
+    assert stages_run(exp.output) == ["train", "evaluate", "card"]
+    assert "Stage 'evaluate_base' didn't change, skipping" in exp.output
+    assert lock_out_md5(exp.repo, "reports/base") == lock_out_md5(reproduced_workspace, "reports/base")
+    metrics_before = json.loads((reproduced_workspace / "reports/metrics.json").read_text())
+    shown = json.loads(run_dvc(exp.repo, "exp", "show", "--json"))
+    experiments = {found["name"]: found for rev in shown for found in (rev.get("experiments") or [])}
+    assert exp.name in experiments, shown
+    data = experiments[exp.name]["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["train"]["max_steps"] == 20
     metrics = data["metrics"]["reports/metrics.json"]["data"]
+    assert metrics == json.loads(exp.metrics), "what exp show lists is what the run wrote"
     assert metrics["base"] == metrics_before["base"] and metrics["adapter"] != metrics_before["adapter"]
     assert metrics["adapter"]["eval_loss"] < metrics["base"]["eval_loss"]
-    table = run_dvc(workspace_copy, "exp", "show", "--no-pager", "--md")
-    assert "lr-1e-3" in table and "adapter.rouge_l" in table and "adapter_minus_base.eos_stop_rate" in table
+    table = run_dvc(exp.repo, "exp", "show", "--no-pager", "--md")
+    assert exp.name in table and "adapter.rouge_l" in table and "adapter_minus_base.eos_stop_rate" in table

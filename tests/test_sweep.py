@@ -16,8 +16,7 @@ import time
 
 from tests.conftest import cli_env, run_dvc
 
-GRID = ["-S", "train.neftune_noise_alpha=0,5", "-S", "lora.use_rslora=true", "-S", "train.max_steps=3",
-        "-S", "evaluate.max_new_tokens=4"]
+GRID = ["-S", "train.neftune_noise_alpha=0,5", "-S", "lora.use_rslora=true", "-S", "train.max_steps=3"]
 
 
 def experiments(workspace) -> dict[str, dict]:

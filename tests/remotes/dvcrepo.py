@@ -6,54 +6,13 @@ offline-profile workspace and on the small stand-in project.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-from alpaca_qlora.files import file_sha256
-from tests.dvc_cli import (DVC, Result, command_env, dvc, git, lock_out_md5, lock_outputs,  # noqa: F401  (re-exported)
-                           read_lock, run)
+from tests.conftest import ADAPTER, EXPECTED_OUTPUTS  # noqa: F401  (re-exported)
+from tests.dvc_cli import (DVC, Result, command_env, copy_repo, digest_outputs, digest_tree, dvc,  # noqa: F401
+                           git, lock_out_md5, lock_outputs, read_lock, run)
 
-#: Outputs the sharing tests rely on by name (the full list is read from each repo's dvc.lock).
-EXPECTED_OUTPUTS = ("data/sampled", "data/formatted", "models/adapter", "reports/metrics.json")
-ADAPTER = "models/adapter"
 ADAPTER_WEIGHTS = "models/adapter/adapter_model.safetensors"
-
-sha256 = file_sha256
-
-
-def digest_tree(repo: Path, rel: str) -> dict[str, str]:
-    """``{relative file path: sha256}`` for a file or every file under a directory."""
-    root = Path(repo) / rel
-    if root.is_file():
-        return {rel: sha256(root)}
-    if not root.exists():
-        return {}
-    return {
-        path.relative_to(repo).as_posix(): sha256(path)
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-    }
-
-
-def digest_outputs(repo: Path) -> dict[str, str]:
-    """sha256 of every file of every output in ``repo``'s dvc.lock, present or not."""
-    digests: dict[str, str] = {}
-    for rel in lock_outputs(repo):
-        digests.update(digest_tree(repo, rel))
-    return digests
-
-
-def copy_repo(src: Path, dest: Path) -> Path:
-    """Copy a whole repository (work tree, .git, .dvc/cache) to ``dest``.
-
-    DVC's link-type default (reflink, else copy) means the copy shares nothing
-    with ``src``.
-    """
-    shutil.copytree(src, dest, symlinks=True)
-    # The copied state DB describes src's inodes; let DVC rebuild it.
-    shutil.rmtree(Path(dest) / ".dvc" / "tmp", ignore_errors=True)
-    return Path(dest)
-
 
 def make_origin(repo: Path, bare: Path) -> None:
     """Create a bare git repository at ``bare`` from ``repo`` and make it ``origin``."""

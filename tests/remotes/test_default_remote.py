@@ -5,7 +5,7 @@ from __future__ import annotations
 import configparser
 import shutil
 
-from .conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT
 from .dvcrepo import dvc, git
 
 CONFIG = REPO_ROOT / ".dvc" / "config"

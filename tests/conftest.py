@@ -24,11 +24,8 @@ import pytest
 from filelock import FileLock
 
 from alpaca_qlora.cli.offline_workspace import make_offline_workspace
-from tests.dvc_cli import command_env, copy_repo, digest_outputs, digest_tree, dvc, git, stages_run
-
-ADAPTER = "models/adapter"
-#: Outputs the sharing tests rely on by name (the full list is read from each repo's dvc.lock).
-EXPECTED_OUTPUTS = ("data/sampled", "data/formatted", ADAPTER, "reports/metrics.json")
+from tests.dvc_cli import (ADAPTER, EXPECTED_OUTPUTS, command_env, copy_repo, digest_outputs, digest_tree, dvc, git,
+                           stages_run)
 #: The session's one experiment: 20 steps instead of 100, cheap on a CPU and certain to give an adapter (and a
 #: loss curve) different from main's.
 EXPERIMENT_NAME, EXPERIMENT_OVERRIDE = "short", "train.max_steps=20"

@@ -15,6 +15,9 @@ from pathlib import Path
 from alpaca_qlora.files import file_sha256
 
 DVC = str(Path(sys.executable).with_name("dvc"))
+ADAPTER = "models/adapter"
+#: Outputs the sharing tests rely on by name (the full list is read from each repo's dvc.lock).
+EXPECTED_OUTPUTS = ("data/sampled", "data/formatted", ADAPTER, "reports/metrics.json")
 
 #: Every command runs with: this interpreter's venv first on PATH (stage commands say `python`), no usage
 #: analytics and no hub (both try the network), W&B off unless a test turns it on, no prompts, a fixed git

@@ -108,7 +108,8 @@ def _template_section(meta) -> list[str]:
 def _evaluation_section(metrics: dict[str, Any] | None, commit: str | None) -> list[str]:
     if metrics is None:
         return ["## Evaluation\n", "The `evaluate` stage runs after training: held-out loss, perplexity, "
-                "ROUGE-L, exact match, answer length and EOS-stop rate of the base model and of base + adapter, in reports/metrics.json (`dvc metrics show`), and this card with "
+                "ROUGE-L, exact match, answer length and EOS-stop rate of the base model and of base + adapter, in "
+                "reports/metrics.json (`dvc metrics show`), and this card with "
                 f"those figures in reports/model_card.md{f' at commit `{commit}`' if commit else ''}.\n"]
     flat = flat_metrics(metrics)
     ordered = [key for key in KNOWN_METRICS if key in flat] + sorted(key for key in flat if key not in KNOWN_METRICS)

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.conftest import ADAPTER, EXPECTED_OUTPUTS  # noqa: F401  (re-exported)
-from tests.dvc_cli import (DVC, Result, command_env, copy_repo, digest_outputs, digest_tree, dvc,  # noqa: F401
-                           git, lock_out_md5, lock_outputs, read_lock, run)
+from tests.dvc_cli import (ADAPTER, DVC, EXPECTED_OUTPUTS, Result, command_env, copy_repo,  # noqa: F401
+                           digest_outputs, digest_tree, dvc, git, lock_out_md5, lock_outputs, read_lock, run)
 
 ADAPTER_WEIGHTS = "models/adapter/adapter_model.safetensors"
 
